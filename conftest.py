@@ -1,0 +1,140 @@
+"""Fixtures for every test: Alice the owner, Bob a member, Vera a viewer, Oscar an outsider."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from allauth.account.models import EmailAddress
+from django.conf import settings as django_settings
+from rest_framework.test import APIClient
+
+from accounts.models import Role, User, Workspace
+from accounts.services import workspace_create
+from kfsite.celery import app as celery_app
+
+PASSWORD = "plum-orbit-cascade-42"
+
+# Each xdist worker sends tasks to its own queue, consumed by its own Celery worker.
+TEST_QUEUE = f"kf-test-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-{os.getpid()}"
+celery_app.conf.task_default_queue = TEST_QUEUE
+
+
+@pytest.fixture(autouse=True)
+def _isolated(settings: Any, tmp_path: Path) -> None:
+    """Per-test cache namespace (Redis is shared by parallel workers) and data folders."""
+    caches = {name: {**conf, "KEY_PREFIX": f"t{uuid.uuid4().hex}"} for name, conf in django_settings.CACHES.items()}
+    settings.CACHES = caches
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.KF_BASE_URL = "http://testserver"
+
+
+def make_user(email: str, *, name: str = "", password: str = PASSWORD, verified: bool = True) -> User:
+    user = User.objects.create_user(email=email, password=password, name=name)
+    EmailAddress.objects.create(user=user, email=user.email, primary=True, verified=verified)
+    workspace_create(owner=user, name=f"{name or email}'s workspace", personal=True)
+    return user
+
+
+@pytest.fixture
+def owner(db: None) -> User:
+    return make_user("alice@example.com", name="Alice")
+
+
+@pytest.fixture
+def team(owner: User) -> Workspace:
+    return workspace_create(owner=owner, name="Acme")
+
+
+@pytest.fixture
+def member(team: Workspace) -> User:
+    user = make_user("bob@example.com", name="Bob")
+    team.memberships.create(user=user, role=Role.MEMBER)
+    return user
+
+
+@pytest.fixture
+def viewer(team: Workspace) -> User:
+    user = make_user("vera@example.com", name="Vera")
+    team.memberships.create(user=user, role=Role.VIEWER)
+    return user
+
+
+@pytest.fixture
+def outsider(db: None) -> User:
+    return make_user("oscar@example.com", name="Oscar")
+
+
+@pytest.fixture
+def client_for() -> Any:
+    """A CSRF-enforcing API client signed in as `user` through the real login endpoint."""
+
+    def sign_in(user: User, *, password: str = PASSWORD, otp: str | None = None) -> APIClient:
+        client = APIClient(enforce_csrf_checks=True)
+        body: dict[str, str] = {"email": user.email, "password": password}
+        if otp:
+            body["otp"] = otp
+        response = client.post("/auth/login", body, format="json")
+        assert response.status_code == 200, response.content
+        client.csrf = csrf_token(client)
+        return client
+
+    return sign_in
+
+
+def csrf_token(client: APIClient) -> str:
+    """Sends back the CSRF cookie that login set, as a browser's JavaScript would."""
+    token = client.cookies[django_settings.CSRF_COOKIE_NAME].value
+    client.defaults["HTTP_X_CSRFTOKEN"] = token
+    return token
+
+
+@pytest.fixture
+def anon() -> APIClient:
+    return APIClient(enforce_csrf_checks=True)
+
+
+def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def task_runner(django_db_setup: None, django_db_blocker: Any) -> Iterator[str]:
+    """The real thing that runs background work: with REDIS_URL a Celery worker process on this test
+    database and queue; without it, the in-process thread pool (the embedded shape)."""
+    if not django_settings.REDIS_URL:
+        yield "threads"
+        return
+    from django.db import connection
+
+    db = connection.settings_dict
+    if db["ENGINE"] != "django.db.backends.postgresql":
+        pytest.fail("the Celery worker test needs a server database (DATABASE_URL=postgres://…)")
+    url = f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    env = {**os.environ, "DATABASE_URL": url, "KF_CELERY_QUEUE": TEST_QUEUE,
+           "KF_DATA_DIR": str(django_settings.KF_DATA_DIR)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "kfsite", "worker", "-Q", TEST_QUEUE, "--pool", "threads",
+         "-c", "2", "-l", "warning", "-n", f"{TEST_QUEUE}@%h", "--without-gossip", "--without-mingle"],
+        env=env, start_new_session=True,
+    )
+    try:
+        yield "celery"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)

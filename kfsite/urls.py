@@ -1,0 +1,37 @@
+from django.contrib import admin
+from django.http import HttpRequest, JsonResponse
+from django.urls import include, path, re_path
+from django.views.decorators.csrf import csrf_exempt
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from accounts import web
+from accounts.urls import api_urlpatterns as account_api
+from accounts.urls import auth_urlpatterns
+from api import handlers
+
+
+def healthz(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"ok": True})
+
+
+api_urlpatterns = [
+    *account_api,
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+]
+
+urlpatterns = [
+    path("auth/", include(auth_urlpatterns)),
+    path("api/", include(api_urlpatterns)),
+    path("api-auth/", include("rest_framework.urls")),
+    path("admin/", admin.site.urls),
+    path("healthz", healthz),
+    *web.urlpatterns,
+    # Anything else under /api/ or /auth/ answers in the API's error shape.
+    re_path(r"^(api|auth)(/.*)?$", csrf_exempt(handlers.handler404)),
+]
+
+handler400 = "api.handlers.handler400"
+handler403 = "api.handlers.handler403"
+handler404 = "api.handlers.handler404"
+handler500 = "api.handlers.handler500"
