@@ -33,6 +33,9 @@ def _isolated(settings: Any, tmp_path: Path) -> None:
     settings.CACHES = caches
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.KF_BASE_URL = "http://testserver"
+    # Argon2 is what runs in production (see test_password_is_stored_with_argon2); a fast hasher
+    # keeps the hundreds of test logins quick.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 def make_user(email: str, *, name: str = "", password: str = PASSWORD, verified: bool = True) -> User:
@@ -138,3 +141,16 @@ def task_runner(django_db_setup: None, django_db_blocker: Any) -> Iterator[str]:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        # The worker's backends end a moment after it does; the test database can only be dropped then.
+        with django_db_blocker.unblock(), connection.cursor() as cursor:
+            wait_for(lambda: (cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+                                             "AND pid <> pg_backend_pid()", [db["NAME"]])
+                              or cursor.fetchone()[0] == 0), timeout=10)
+
+
+@pytest.fixture(scope="session")
+def live_server(django_db_setup: None, live_server: Any) -> Any:
+    """pytest-django's live server, set up after (so torn down before) the test database: its
+    thread's connection must be gone when the database is dropped."""
+    return live_server

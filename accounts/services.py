@@ -17,6 +17,7 @@ import qrcode
 import qrcode.image.svg
 from allauth.account.models import EmailAddress
 from django.conf import settings
+from django.contrib.auth import authenticate
 from django.contrib.auth import login as django_login
 from django.contrib.auth import logout as django_logout
 from django.contrib.auth import password_validation, update_session_auth_hash
@@ -205,13 +206,13 @@ def otp_check(*, user: User, code: str) -> bool:
     device = TOTPDevice.objects.select_for_update().filter(user=user, confirmed=True).first()
     if device is None:
         return False
+    allowed, info = device.verify_is_allowed()
+    if not allowed:
+        wait = 30
+        if info and info.get("locked_until"):
+            wait = int((info["locked_until"] - timezone.now()).total_seconds()) + 1
+        raise RateLimited("Too many wrong codes; wait before trying again.", retry_after=wait)
     if code.isdigit() and len(code) == device.digits:
-        allowed, info = device.verify_is_allowed()
-        if not allowed:
-            wait = 30
-            if info and info.get("locked_until"):
-                wait = int((info["locked_until"] - timezone.now()).total_seconds()) + 1
-            raise RateLimited("Too many wrong codes; wait before trying again.", retry_after=wait)
         return device.verify_token(code)
     normalized = code.replace("-", "").lower()
     recovery = (
@@ -241,8 +242,6 @@ def login_attempt(*, email: str, password: str, otp: str | None = None, ip: str 
     if ip:
         ratelimit.check("login-fail-ip", ip, limit=settings.KF_LOGIN_FAILURES_PER_IP, window=window,
                         message="Too many failed sign-ins from this address; try again later.")
-    from django.contrib.auth import authenticate
-
     user = authenticate(None, email=email, password=password)
     if user is None:
         _login_failure(email=email, ip=ip, user=User.objects.filter(email=email).first(), reason="password")
@@ -264,8 +263,14 @@ def login_attempt(*, email: str, password: str, otp: str | None = None, ip: str 
 
 @transaction.atomic
 def session_login(*, request: HttpRequest, user: User) -> UserSession:
-    django_login(request, user, backend="accounts.backends.EmailBackend")  # rotates the session key
+    previous_key = request.session.session_key
+    django_login(request, user, backend="accounts.backends.EmailBackend")
+    if previous_key and request.session.session_key == previous_key:
+        # Django keeps the key when the same user signs in again; a fresh key makes it "recent".
+        request.session.cycle_key()
     request.session.save()
+    if previous_key:
+        UserSession.objects.filter(session_key=previous_key).delete()
     tracked = UserSession.objects.create(
         user=user,
         session_key=request.session.session_key,
@@ -285,7 +290,7 @@ def session_logout(*, request: HttpRequest) -> None:
     django_logout(request)  # flushes: the session row is deleted server-side
 
 
-def _sessions_kill(sessions: list[UserSession]) -> None:
+def sessions_kill(sessions: list[UserSession]) -> None:
     keys = [s.session_key for s in sessions]
     Session.objects.filter(session_key__in=keys).delete()
     UserSession.objects.filter(pk__in=[s.pk for s in sessions]).delete()
@@ -293,7 +298,7 @@ def _sessions_kill(sessions: list[UserSession]) -> None:
 
 def sessions_revoke_all(*, user: User, keep_key: str | None = None) -> int:
     sessions = list(UserSession.objects.filter(user=user).exclude(session_key=keep_key or ""))
-    _sessions_kill(sessions)
+    sessions_kill(sessions)
     return len(sessions)
 
 
@@ -302,8 +307,26 @@ def session_revoke(*, user: User, session_id: str, ip: str | None) -> None:
     tracked = UserSession.objects.filter(user=user, pk=session_id).first()
     if tracked is None:
         raise NotFound("No such session.")
-    _sessions_kill([tracked])
+    sessions_kill([tracked])
     audit_record(action="session_revoke", actor=user, ip=ip, target=session_id)
+
+
+def sessions_purge_expired() -> int:
+    """Housekeeping: expired sessions leave Django's store and the user's session list."""
+    expired = Session.objects.filter(expire_date__lt=timezone.now())
+    keys = list(expired.values_list("session_key", flat=True))
+    expired.delete()
+    UserSession.objects.filter(session_key__in=keys).delete()
+    return len(keys)
+
+
+@transaction.atomic
+def user_disable(*, user: User, by: User | None, ip: str | None) -> None:
+    """Operator action: the account can no longer sign in; its sessions and keys stop at once."""
+    User.objects.filter(pk=user.pk).update(is_active=False)
+    sessions_revoke_all(user=user)
+    keys = ApiKey.objects.filter(user=user).delete()[0]
+    audit_record(action="user_disable", actor=by, subject=user, ip=ip, target=user.pk, meta={"api_keys_revoked": keys})
 
 
 def session_is_recent(*, request: HttpRequest) -> bool:

@@ -16,3 +16,8 @@ def purge_deleted_accounts() -> int:
 @shared_task(name="accounts.tasks.purge_expired_exports")
 def purge_expired_exports() -> int:
     return services.exports_purge_expired()
+
+
+@shared_task(name="accounts.tasks.purge_expired_sessions")
+def purge_expired_sessions() -> int:
+    return services.sessions_purge_expired()

@@ -48,10 +48,15 @@ def page_limit(request: Request) -> int:
 
 
 def paginate(queryset: QuerySet, request: Request, *, order_field: str = "created_at") -> tuple[list[Model], str | None]:
+    """One page for an API request's `?cursor=…&limit=…`."""
+    return paginate_rows(queryset, cursor=request.query_params.get("cursor"), limit=page_limit(request),
+                         order_field=order_field)
+
+
+def paginate_rows(queryset: QuerySet, *, cursor: str | None, limit: int,
+                  order_field: str = "created_at") -> tuple[list[Model], str | None]:
     """Newest first by `order_field`, ties broken by primary key."""
-    limit = page_limit(request)
     qs = queryset.order_by(f"-{order_field}", "-pk")
-    cursor = request.query_params.get("cursor")
     if cursor:
         value, pk = _decode(cursor)
         field = queryset.model._meta.get_field(order_field)

@@ -153,6 +153,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "accounts.tasks.purge_deleted_accounts",
         "schedule": timedelta(hours=1),
     },
+    "purge-expired-sessions": {
+        "task": "accounts.tasks.purge_expired_sessions",
+        "schedule": timedelta(hours=6),
+    },
     "purge-expired-exports": {
         "task": "accounts.tasks.purge_expired_exports",
         "schedule": timedelta(hours=1),

@@ -28,7 +28,7 @@ urlpatterns = [
     path("healthz", healthz),
     *web.urlpatterns,
     # Anything else under /api/ or /auth/ answers in the API's error shape.
-    re_path(r"^(api|auth)(/.*)?$", csrf_exempt(handlers.handler404)),
+    re_path(r"^(?:api|auth)(?:/.*)?$", csrf_exempt(handlers.handler404)),
 ]
 
 handler400 = "api.handlers.handler400"
