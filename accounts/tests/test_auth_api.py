@@ -342,3 +342,14 @@ def test_mfa_setup_needs_a_recent_login(owner, client_for):
 def test_mfa_endpoints_need_auth(anon, db):
     assert anon.post("/api/auth/mfa-setup").status_code == 401
     assert anon.post("/api/auth/mfa-verify", {"code": "1"}, format="json").status_code == 401
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/auth/login", {}), ("/auth/login", {"email": "a@example.com"}), ("/auth/login", {"password": PASSWORD}),
+    ("/auth/login", {"email": ["a"], "password": PASSWORD}), ("/auth/forgot", {}), ("/auth/forgot", {"email": "nope"}),
+    ("/auth/reset", {}), ("/auth/reset", {"token": "x"}), ("/auth/resend-verification", {"email": 5}),
+])
+def test_public_auth_endpoints_reject_bad_input(anon, path, body):
+    response = anon.post(path, body, format="json")
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_request"
+    assert response.json()["error"]["details"]
