@@ -72,6 +72,8 @@ INSTALLED_APPS = [
     "allauth.account",
     "api",
     "accounts",
+    "streams",
+    "projects",
 ]
 
 MIDDLEWARE = [
@@ -137,7 +139,7 @@ if REDIS_URL:
 else:
     # Embedded shape: one process, so a process-local cache and channel layer are the real thing.
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "kf"}}
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CHANNEL_LAYERS = {"default": {"BACKEND": "streams.layers.LocalChannelLayer"}}
 
 # Tasks: Celery over Redis when REDIS_URL is set, else a thread pool inside the web process
 # (api.tasking). Never Celery's eager mode, which would tie a job to the request that started it.
@@ -163,6 +165,8 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 KF_TASK_THREADS = env.int("KF_TASK_THREADS", default=4)
+KF_SSE_POLL_SECONDS = env.float("KF_SSE_POLL_SECONDS", default=2.0)
+KF_SSE_HEARTBEAT_SECONDS = env.float("KF_SSE_HEARTBEAT_SECONDS", default=15.0)
 
 AUTH_USER_MODEL = "accounts.User"
 AUTHENTICATION_BACKENDS = ["accounts.backends.EmailBackend"]
