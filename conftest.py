@@ -32,6 +32,8 @@ def _isolated(settings: Any, tmp_path: Path) -> None:
     caches = {name: {**conf, "KEY_PREFIX": f"t{uuid.uuid4().hex}"} for name, conf in django_settings.CACHES.items()}
     settings.CACHES = caches
     settings.MEDIA_ROOT = tmp_path / "media"
+    settings.KF_CLONE_TIMEOUT_SECONDS = int(WORKER_ENV["KF_CLONE_TIMEOUT_SECONDS"])
+    settings.KF_CLONE_STALL_SECONDS = int(WORKER_ENV["KF_CLONE_STALL_SECONDS"])
     settings.KF_BASE_URL = "http://testserver"
     # Argon2 is what runs in production (see test_password_is_stored_with_argon2); a fast hasher
     # keeps the hundreds of test logins quick.
@@ -113,6 +115,10 @@ def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.1) -> An
     raise AssertionError(f"condition not met within {timeout}s")
 
 
+# Short clone limits for every process the tests start (the tests' own settings match them).
+WORKER_ENV = {"KF_CLONE_TIMEOUT_SECONDS": "8", "KF_CLONE_STALL_SECONDS": "3"}
+
+
 @pytest.fixture(scope="session")
 def task_runner(django_db_setup: None, django_db_blocker: Any) -> Iterator[str]:
     """The real thing that runs background work: with REDIS_URL a Celery worker process on this test
@@ -127,7 +133,7 @@ def task_runner(django_db_setup: None, django_db_blocker: Any) -> Iterator[str]:
         pytest.fail("the Celery worker test needs a server database (DATABASE_URL=postgres://…)")
     url = f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
     env = {**os.environ, "DATABASE_URL": url, "KF_CELERY_QUEUE": TEST_QUEUE,
-           "KF_DATA_DIR": str(django_settings.KF_DATA_DIR)}
+           "KF_DATA_DIR": str(django_settings.KF_DATA_DIR), **WORKER_ENV}
     proc = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "kfsite", "worker", "-Q", TEST_QUEUE, "--pool", "threads",
          "-c", "2", "-l", "warning", "-n", f"{TEST_QUEUE}@%h", "--without-gossip", "--without-mingle"],
@@ -154,3 +160,117 @@ def live_server(django_db_setup: None, live_server: Any) -> Any:
     """pytest-django's live server, set up after (so torn down before) the test database: its
     thread's connection must be gone when the database is dropped."""
     return live_server
+
+
+def _test_database_url() -> str:
+    from django.db import connection
+
+    db = connection.settings_dict
+    if db["ENGINE"] == "django.db.backends.postgresql":
+        return f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    return f"sqlite:///{db['NAME']}"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Daphne:
+    """A real kf web process (daphne) on the test database, as `./kf run` starts it."""
+
+    def __init__(self, **env: str) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        full_env = {**os.environ, "DATABASE_URL": _test_database_url(), "KF_CELERY_QUEUE": TEST_QUEUE,
+                    "KF_DATA_DIR": str(django_settings.KF_DATA_DIR), "KF_SSE_POLL_SECONDS": "0.2",
+                    **WORKER_ENV, **env}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "kfsite.asgi:application"],
+            env=full_env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        import urllib.request
+
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daphne exited: {self.proc.stderr.read().decode()[-2000:]}")
+            try:
+                return urllib.request.urlopen(f"{self.url}/healthz", timeout=1).status == 200
+            except OSError:
+                return False
+
+        wait_for(up, timeout=30, interval=0.2)
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def daphne(django_db_setup: None, task_runner: str) -> Iterator[Daphne]:
+    server = Daphne()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def bearer(owner: User) -> dict[str, str]:
+    """An API key header for Alice, for requests to a real server."""
+    from accounts.services import api_key_create
+
+    _, raw = api_key_create(user=owner, name="test", scopes=["write"], expires_in_days=None, ip=None)
+    return {"Authorization": f"Bearer {raw}"}
+
+
+class SSEStream:
+    """A minimal EventSource over a real HTTP connection: yields (id, event, data) as they arrive."""
+
+    def __init__(self, url: str, *, method: str = "GET", headers: dict[str, str] | None = None,
+                 body: bytes | None = None, timeout: float = 30.0) -> None:
+        import http.client
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        self.conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+        self.conn.request(method, parts.path + (f"?{parts.query}" if parts.query else ""), body=body,
+                          headers={"Accept": "text/event-stream", **(headers or {})})
+        self.response = self.conn.getresponse()
+        self.status = self.response.status
+        self.headers = self.response.headers  # case-insensitive
+
+    def events(self) -> Iterator[tuple[int, str, dict]]:
+        import json
+
+        fields: dict[str, str] = {}
+        while True:
+            line = self.response.readline()
+            if not line:
+                return
+            line = line.decode().rstrip("\r\n")
+            if not line:
+                if "event" in fields:
+                    yield int(fields["id"]), fields["event"], json.loads(fields.get("data", "null"))
+                fields = {}
+            elif not line.startswith(":"):
+                name, _, value = line.partition(":")
+                fields[name] = value[1:] if value.startswith(" ") else value
+
+    def take(self, n: int) -> list[tuple[int, str, dict]]:
+        out = []
+        for event in self.events():
+            out.append(event)
+            if len(out) == n:
+                break
+        return out
+
+    def close(self) -> None:
+        self.conn.close()

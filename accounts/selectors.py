@@ -1,6 +1,8 @@
 """Reads with their access checks. Objects outside the caller's reach are not_found; forbidden only
 when the caller can see the object but lacks the role."""
 
+from typing import Any
+
 from allauth.account.models import EmailAddress
 from django.db.models import QuerySet
 
@@ -26,6 +28,18 @@ def workspace_get(*, user: User, ws_id: str | None, min_role: Role = Role.VIEWER
     if ROLE_RANK[Role(membership.role)] < ROLE_RANK[min_role]:
         raise Forbidden(f"This needs the {min_role.value} role in this workspace.")
     return membership.workspace
+
+
+def workspace_object_check(*, user: User, obj: Any, kind: str, min_role: Role = Role.VIEWER) -> Any:
+    """The one access check for objects that belong to a workspace: `obj` (None if it does not exist)
+    comes back if the caller may see it; otherwise not_found, or forbidden for a too-low role."""
+    if obj is None:
+        raise NotFound(f"No such {kind}.")
+    try:
+        workspace_get(user=user, ws_id=obj.workspace_id, min_role=min_role)
+    except NotFound as exc:
+        raise NotFound(f"No such {kind}.") from exc
+    return obj
 
 
 def workspace_list(*, user: User) -> QuerySet[Membership]:

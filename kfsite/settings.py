@@ -289,3 +289,10 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env.str("KF_LOG_LEVEL", default="INFO")},
     "loggers": {"django.request": {"level": "ERROR"}, "daphne": {"level": "WARNING"}},
 }
+
+# Projects: indexing and file limits, clones.
+KF_INDEX_MAX_FILE_BYTES = env.int("KF_INDEX_MAX_FILE_BYTES", default=1024 * 1024)
+KF_FILE_MAX_BYTES = env.int("KF_FILE_MAX_BYTES", default=2 * 1024 * 1024)
+KF_CLONE_TIMEOUT_SECONDS = env.int("KF_CLONE_TIMEOUT_SECONDS", default=300)
+KF_CLONE_STALL_SECONDS = env.int("KF_CLONE_STALL_SECONDS", default=30)
+KF_SEARCH_TIMEOUT_MS = env.int("KF_SEARCH_TIMEOUT_MS", default=2000)

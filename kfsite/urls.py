@@ -8,6 +8,8 @@ from accounts import web
 from accounts.urls import api_urlpatterns as account_api
 from accounts.urls import auth_urlpatterns
 from api import handlers
+from projects.urls import urlpatterns as project_api
+from streams.urls import urlpatterns as stream_api
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -16,6 +18,8 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 api_urlpatterns = [
     *account_api,
+    *project_api,
+    *stream_api,
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
 ]
@@ -27,6 +31,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", healthz),
     *web.urlpatterns,
+    path("", include("projects.web")),
     # Anything else under /api/ or /auth/ answers in the API's error shape.
     re_path(r"^(?:api|auth)(?:/.*)?$", csrf_exempt(handlers.handler404)),
 ]

@@ -453,4 +453,8 @@
       delete button.dataset.busy;
     }
   });
+
+  // Page scripts (project.js, …) build on these rather than keeping copies of their own.
+  window.kf = Object.freeze({ $, $$, api, csrfToken, clearMessages, say, showError, link, fmt, textCell, timeCell,
+    onSuccess, actions });
 })();

@@ -14,10 +14,26 @@ from django.conf import settings
 from django.db import close_old_connections
 from django.http import HttpRequest, StreamingHttpResponse
 
+from rest_framework.renderers import BaseRenderer, JSONRenderer
+
 from api.errors import InvalidRequest
 from streams.models import Job
 from streams.selectors import events_after
 from streams.services import job_group
+
+
+class EventStreamRenderer(BaseRenderer):
+    """Lets DRF accept `Accept: text/event-stream`. Streams bypass it; errors come out as JSON."""
+
+    media_type = "text/event-stream"
+    format = "sse"
+    charset = "utf-8"
+
+    def render(self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None) -> bytes:
+        return JSONRenderer().render(data)
+
+
+SSE_RENDERERS = [JSONRenderer, EventStreamRenderer]
 
 
 def sse_cursor(request: HttpRequest) -> int:
@@ -42,6 +58,9 @@ def _read(job_id: str, cursor: int) -> tuple[list[tuple[int, str, dict[str, Any]
     finished = False
     if not rows:
         finished = Job.objects.filter(pk=job_id, status__in=Job.FINAL).exists()
+        if finished:
+            # The job may have ended between the two queries; its `end` committed with the status.
+            rows = [(e.seq, e.type, e.data) for e in events_after(job_id=job_id, cursor=cursor)]
     return rows, finished
 
 
