@@ -15,7 +15,7 @@ from PIL import Image
 from rest_framework.test import APIClient
 
 from accounts import apikeys, services
-from accounts.models import ApiKey, AuditRecord, DataExport, User, UserSession, Workspace
+from accounts.models import ApiKey, AuditRecord, User, UserSession, Workspace
 from accounts.tests.helpers import link_token
 from conftest import PASSWORD
 

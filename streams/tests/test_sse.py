@@ -8,7 +8,7 @@ from django.conf import settings
 from django.db import connection
 
 from accounts.models import Workspace
-from conftest import Daphne, SSEStream, make_user
+from conftest import Daphne, SSEStream
 from streams.models import Event, Job
 from streams.services import event_append, job_create, job_finish, job_start
 
