@@ -6,11 +6,14 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 CTAGS = "/usr/bin/ctags"
 BATCH_SIZE = 2000
+WORKERS = os.cpu_count() or 2
+MIN_SHARE = 50  # files: below this, one more process costs more than it saves
 # Column sizes of projects.Symbol: a longer name is no symbol anyone looks up (a Markdown paragraph
 # under a `#`, a minified identifier), so such rows are dropped; other fields are cut.
 NAME_MAX, CONTAINER_MAX, KIND_MAX, LANGUAGE_MAX = 255, 255, 40, 50
@@ -53,11 +56,16 @@ def ctags_symbols(root: Path, paths: list[str], *, timeout: float = 120) -> list
     if problem := _ctags_problem(CTAGS):
         raise SymbolsError(problem)
     deadline = time.monotonic() + timeout
-    rows: list[SymbolRow] = []
     usable = [path for path in paths if path == path.rstrip() and "\n" not in path and "\r" not in path]
-    for start in range(0, len(usable), BATCH_SIZE):
-        rows.extend(_ctags_batch(root, usable[start:start + BATCH_SIZE], deadline - time.monotonic()))
-    return rows
+    if not usable:
+        return []
+    # ctags is single-threaded: one process per core, each on an equal share (at most BATCH_SIZE files).
+    workers = max(1, min(WORKERS, len(usable) // MIN_SHARE))
+    size = min(BATCH_SIZE, -(-len(usable) // workers))
+    batches = [usable[start:start + size] for start in range(0, len(usable), size)]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(lambda batch: _ctags_batch(root, batch, deadline - time.monotonic()), batches)
+        return [row for rows in results for row in rows]
 
 
 def _ctags_batch(root: Path, paths: list[str], timeout: float) -> list[SymbolRow]:
