@@ -174,3 +174,11 @@ def test_viewer_cannot_cancel_a_team_job(team, owner, viewer, member, client_for
     assert client_for(viewer).get(f"/api/jobs/{queued.pk}").status_code == 200
     assert client_for(viewer).post(f"/api/jobs/{queued.pk}/cancel").status_code == 403
     assert client_for(member).post(f"/api/jobs/{queued.pk}/cancel").status_code == 202
+
+
+def test_many_followers_at_once_hold_no_thread_each(daphne, job, bearer):
+    # More followers than daphne has threads for sync code: waiting followers must not occupy one.
+    followers = [stream(daphne, job, bearer) for _ in range(40)]
+    later(0.5, lambda: (append(job, 3), job_finish(job_id=job.pk, status="succeeded")))
+    results = [[seq for seq, _, _ in f.events()] for f in followers]
+    assert results == [[1, 2, 3, 4, 5]] * 40
