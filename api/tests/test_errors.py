@@ -4,6 +4,7 @@ import re
 
 import pytest
 from django.test import override_settings
+from django.urls import get_resolver
 
 from accounts import selectors
 
@@ -82,6 +83,7 @@ def test_unexpected_exception_is_500_with_request_id_and_no_traceback(owner, cli
     def explode(**kwargs):
         raise RuntimeError("secret-internal-detail")
 
+    get_resolver().url_patterns  # import every view module first, so none binds the patched function
     monkeypatch.setattr(selectors, "workspace_list", explode)
     client = client_for(owner)
     client.raise_request_exception = False
