@@ -11,7 +11,13 @@ BASE62 = string.digits + string.ascii_letters
 
 
 def random_base62(length: int) -> str:
-    return "".join(secrets.choice(BASE62) for _ in range(length))
+    # 8 random bits per character drawn, 5.95 used: the modulo bias is below (62/256)**length.
+    n = int.from_bytes(secrets.token_bytes(length), "big")
+    out = []
+    for _ in range(length):
+        n, r = divmod(n, 62)
+        out.append(BASE62[r])
+    return "".join(out)
 
 
 def new_id(prefix: str) -> str:
