@@ -374,13 +374,19 @@ def _blobs_release(blob_ids: set[int]) -> None:
 
 def _insert_rows(model: type[Model], columns: list[str], rows: list[tuple[Any, ...]], *,
                  ignore_conflicts: bool = False) -> None:
-    """Plain multi-row INSERTs: for the tens of thousands of symbol and finding rows of a big rescan,
-    building model instances and compiling bulk_create's SQL cost several times the insert itself."""
+    """Plain INSERTs (COPY on Postgres): for the tens of thousands of symbol and finding rows of a big
+    rescan, building model instances and compiling bulk_create's SQL cost several times the insert."""
     if not rows:
         return
     quote = connection.ops.quote_name
-    sql = (f"INSERT INTO {quote(model._meta.db_table)} ({', '.join(quote(c) for c in columns)}) "
-           f"VALUES ({', '.join(['%s'] * len(columns))})")
+    target = f"{quote(model._meta.db_table)} ({', '.join(quote(c) for c in columns)})"
+    if connection.vendor == "postgresql" and not ignore_conflicts:
+        with transaction.atomic(), connection.cursor() as cursor, cursor.cursor.copy(
+                f"COPY {target} FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        return
+    sql = f"INSERT INTO {target} VALUES ({', '.join(['%s'] * len(columns))})"
     if ignore_conflicts:
         sql += " ON CONFLICT DO NOTHING"  # Postgres ≥ 9.5 and SQLite ≥ 3.24
     with transaction.atomic(), connection.cursor() as cursor:
