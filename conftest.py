@@ -131,8 +131,7 @@ def task_runner(django_db_setup: None, django_db_blocker: Any) -> Iterator[str]:
     db = connection.settings_dict
     if db["ENGINE"] != "django.db.backends.postgresql":
         pytest.fail("the Celery worker test needs a server database (DATABASE_URL=postgres://…)")
-    url = f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-    env = {**os.environ, "DATABASE_URL": url, "KF_CELERY_QUEUE": TEST_QUEUE,
+    env = {**os.environ, "DATABASE_URL": _test_database_url(), "KF_CELERY_QUEUE": TEST_QUEUE,
            "KF_DATA_DIR": str(django_settings.KF_DATA_DIR), **WORKER_ENV}
     proc = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "kfsite", "worker", "-Q", TEST_QUEUE, "--pool", "threads",
