@@ -273,3 +273,46 @@ class SSEStream:
 
     def close(self) -> None:
         self.conn.close()
+
+
+# --- the scripted chat model (llm/tests/scripted_server.py) -------------------------------------------
+
+@pytest.fixture
+def llm_server(settings: Any) -> Iterator[Any]:
+    """A scripted OpenAI-compatible server on loopback, with KF_LLM_BASE_URL/API_KEY/MODEL pointing at
+    it for this test (`server.reply(...)`, `server.fail(...)`, `server.requests`: see its module).
+
+    Limitation: the settings are per test, in this process only. Work that runs in the Celery worker
+    subprocess (task_runner on Postgres+Redis) does not see them; code under test that calls the model
+    from a task must be run in-process for such a test, or the worker must be started with the URL in
+    its environment."""
+    from llm.tests.scripted_server import ScriptedModelServer
+
+    server = ScriptedModelServer().start()
+    settings.KF_LLM_BASE_URL = server.url
+    settings.KF_LLM_API_KEY = server.api_key
+    settings.KF_LLM_MODEL = server.model
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _ssh_config_paths(tmp_path_factory: Any) -> Iterator[None]:
+    """Session paths for the ssh config and known_hosts that shell/tests' `sshd` fixture writes, put
+    into os.environ before any test starts a Celery worker or daphne (they copy os.environ), so those
+    processes read the same files as this one. Until an ssh test writes them they do not exist, which
+    kf reads as "no ssh hosts"."""
+    base = tmp_path_factory.mktemp("ssh")
+    saved = {name: os.environ.get(name) for name in ("KF_SSH_CONFIG", "KF_SSH_KNOWN_HOSTS")}
+    os.environ["KF_SSH_CONFIG"] = str(base / "config")
+    os.environ["KF_SSH_KNOWN_HOSTS"] = str(base / "known_hosts")
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -74,6 +74,9 @@ INSTALLED_APPS = [
     "accounts",
     "streams",
     "projects",
+    "secrets_app",
+    "llm",
+    "shell",
 ]
 
 MIDDLEWARE = [
@@ -298,3 +301,24 @@ KF_FILE_MAX_BYTES = env.int("KF_FILE_MAX_BYTES", default=2 * 1024 * 1024)
 KF_CLONE_TIMEOUT_SECONDS = env.int("KF_CLONE_TIMEOUT_SECONDS", default=300)
 KF_CLONE_STALL_SECONDS = env.int("KF_CLONE_STALL_SECONDS", default=30)
 KF_SEARCH_TIMEOUT_MS = env.int("KF_SEARCH_TIMEOUT_MS", default=2000)
+
+# Secrets (DESIGN decision 10): the versioned master keys that wrap every secret's data key, never in
+# the database. KF_MASTER_KEY set: "v1:<base64 32 bytes>[,v2:<…>]"; unset: a key file under
+# KF_DATA_DIR, created 0600 on first use, to which rotation adds versions.
+KF_MASTER_KEY = env.str("KF_MASTER_KEY", default="")
+KF_SECRET_MAX_BYTES = env.int("KF_SECRET_MAX_BYTES", default=64 * 1024)
+
+# The chat model (OpenAI-compatible): unset means "no model configured", a clear error.
+KF_LLM_BASE_URL = env.str("KF_LLM_BASE_URL", default="")
+KF_LLM_API_KEY = env.str("KF_LLM_API_KEY", default="")
+KF_LLM_MODEL = env.str("KF_LLM_MODEL", default="")
+KF_LLM_TIMEOUT_SECONDS = env.float("KF_LLM_TIMEOUT_SECONDS", default=60.0)
+
+# Shell jobs and SSH.
+KF_SHELL_TIMEOUT_SECONDS = env.int("KF_SHELL_TIMEOUT_SECONDS", default=600)
+KF_SHELL_MAX_TIMEOUT_SECONDS = env.int("KF_SHELL_MAX_TIMEOUT_SECONDS", default=3600)
+KF_SHELL_OUTPUT_MAX_BYTES = env.int("KF_SHELL_OUTPUT_MAX_BYTES", default=4 * 1024 * 1024)
+KF_SSH_CONFIG = env.str("KF_SSH_CONFIG", default=str(Path.home() / ".ssh" / "config"))
+KF_SSH_KNOWN_HOSTS = env.str("KF_SSH_KNOWN_HOSTS", default=str(Path.home() / ".ssh" / "known_hosts"))
+KF_SSH_PULL_MAX_BYTES = env.int("KF_SSH_PULL_MAX_BYTES", default=50 * 1024 * 1024)
+KF_SSH_CONNECT_TIMEOUT_SECONDS = env.float("KF_SSH_CONNECT_TIMEOUT_SECONDS", default=10.0)

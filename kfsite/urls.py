@@ -9,6 +9,8 @@ from accounts.urls import api_urlpatterns as account_api
 from accounts.urls import auth_urlpatterns
 from api import handlers
 from projects.urls import urlpatterns as project_api
+from secrets_app.urls import urlpatterns as secrets_api
+from shell.urls import urlpatterns as shell_api
 from streams.urls import urlpatterns as stream_api
 
 
@@ -20,6 +22,8 @@ api_urlpatterns = [
     *account_api,
     *project_api,
     *stream_api,
+    *secrets_api,
+    *shell_api,
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
 ]
@@ -32,6 +36,8 @@ urlpatterns = [
     path("healthz", healthz),
     *web.urlpatterns,
     path("", include("projects.web")),
+    path("", include("secrets_app.web")),
+    path("", include("shell.web")),
     # Anything else under /api/ or /auth/ answers in the API's error shape.
     re_path(r"^(?:api|auth)(?:/.*)?$", csrf_exempt(handlers.handler404)),
 ]

@@ -47,7 +47,8 @@ SSE = OpenApiResponse(response=OpenApiTypes.STR, description="text/event-stream:
 PROJECT_PARAM = OpenApiParameter("project_id", str, description="Defaults to the project you loaded last.")
 
 
-def _project_id(request: Request) -> str | None:
+def project_id_of(request: Request) -> str | None:
+    """The `project_id` of a request (query or body); None means the project loaded last."""
     value = request.query_params.get("project_id") or (
         request.data.get("project_id") if hasattr(request.data, "get") else None)
     if value is not None and not isinstance(value, str):
@@ -86,7 +87,7 @@ class LoadApi(APIView):
 class ProjectGetApi(APIView):
     @extend_schema(parameters=[PROJECT_PARAM], responses={200: ProjectEnvelope}, tags=["project"])
     def get(self, request: Request) -> Response:
-        project = selectors.project_get(user=request.user, project_id=_project_id(request))
+        project = selectors.project_get(user=request.user, project_id=project_id_of(request))
         return Response({"project": ProjectOut(project).data})
 
 
@@ -96,7 +97,7 @@ class RescanApi(APIView):
     @extend_schema(request=inline_serializer("RescanInput", {"project_id": serializers.CharField(required=False)}),
                    parameters=[PROJECT_PARAM], responses={(200, "text/event-stream"): SSE}, tags=["project"])
     def post(self, request: Request) -> Any:
-        project = selectors.project_get(user=request.user, project_id=_project_id(request), min_role=Role.MEMBER)
+        project = selectors.project_get(user=request.user, project_id=project_id_of(request), min_role=Role.MEMBER)
         job = services.rescan_start(user=request.user, project=project)
         return sse_response(job_id=job.pk, cursor=sse_cursor(request), headers={"X-Job-ID": job.pk})
 
@@ -114,7 +115,7 @@ class TreeApi(APIView):
                    responses={200: inline_serializer("Tree", {"path": serializers.CharField(),
                                                              "entries": TreeEntry(many=True)})})
     def get(self, request: Request) -> Response:
-        project = selectors.project_get(user=request.user, project_id=_project_id(request))
+        project = selectors.project_get(user=request.user, project_id=project_id_of(request))
         path = clean_relative(request.query_params.get("path", ""), allow_root=True)
         entries = list_dir(project.root, path)
         return Response({"path": path, "entries": TreeEntry(entries, many=True).data})
@@ -128,7 +129,7 @@ class FileApi(APIView):
                        "content": serializers.CharField(allow_null=True), "sha256": serializers.CharField(),
                        "language": serializers.CharField()})})
     def get(self, request: Request) -> Response:
-        project = selectors.project_get(user=request.user, project_id=_project_id(request))
+        project = selectors.project_get(user=request.user, project_id=project_id_of(request))
         return Response(services.file_read(project=project, path=request.query_params.get("path", "")))
 
 
@@ -149,7 +150,7 @@ class SymbolsApi(APIView):
                    responses={200: inline_serializer("SymbolList", {"items": SymbolOut(many=True),
                                                                     "truncated": serializers.BooleanField()})})
     def get(self, request: Request) -> Response:
-        project = selectors.project_get(user=request.user, project_id=_project_id(request))
+        project = selectors.project_get(user=request.user, project_id=project_id_of(request))
         rows, truncated = selectors.symbol_search(
             project=project, q=request.query_params.get("q", ""), mode=request.query_params.get("mode", "prefix"),
             kind=request.query_params.get("kind") or None)
@@ -182,7 +183,7 @@ class SearchApi(APIView):
                        "items": SearchHit(many=True), "truncated": serializers.BooleanField(),
                        "took_ms": serializers.IntegerField()})})
     def get(self, request: Request) -> Response:
-        project = selectors.project_get(user=request.user, project_id=_project_id(request))
+        project = selectors.project_get(user=request.user, project_id=project_id_of(request))
         try:
             limit = min(int(request.query_params.get("limit", 200)), 1000)
         except ValueError as exc:
@@ -221,7 +222,7 @@ class FindingsApi(APIView):
                    responses={200: inline_serializer("FindingList", {
                        "items": FindingOut(many=True), "next_cursor": serializers.CharField(allow_null=True)})})
     def get(self, request: Request) -> Response:
-        project = selectors.project_get(user=request.user, project_id=_project_id(request))
+        project = selectors.project_get(user=request.user, project_id=project_id_of(request))
         severity = request.query_params.get("severity") or None
         if severity and severity not in Finding.Severity.values:
             raise InvalidRequest("Unknown severity.", details={"severity": [f"one of {Finding.Severity.values}"]})

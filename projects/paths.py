@@ -30,7 +30,8 @@ def _real_path_of_fd(fd: int) -> str:
     return os.readlink(f"/proc/self/fd/{fd}")
 
 
-def _inside(real: str, root: str) -> bool:
+def path_inside(real: str, root: str) -> bool:
+    """Whether the resolved path `real` is `root` or lies under it (both absolute and resolved)."""
     return real == root or real.startswith(root.rstrip("/") + "/")
 
 
@@ -51,7 +52,7 @@ def read_file(root: str, rel: str, *, max_bytes: int) -> OpenedFile:
     except (NotADirectoryError, PermissionError, OSError) as exc:
         raise NotFound("No such file in this project.") from exc
     try:
-        if not _inside(_real_path_of_fd(fd), real_root):
+        if not path_inside(_real_path_of_fd(fd), real_root):
             raise InvalidRequest("The path leads outside the project root.", details={"path": ["outside the root"]})
         info = os.fstat(fd)
         if stat.S_ISDIR(info.st_mode):
@@ -99,7 +100,7 @@ def list_dir(root: str, rel: str) -> list[DirEntry]:
         raise NotFound("No such folder in this project.") from exc
     try:
         real = _real_path_of_fd(fd)
-        if not _inside(real, real_root):
+        if not path_inside(real, real_root):
             raise InvalidRequest("The path leads outside the project root.", details={"path": ["outside the root"]})
         entries: list[DirEntry] = []
         with os.scandir(fd) as it:
@@ -111,7 +112,7 @@ def list_dir(root: str, rel: str) -> list[DirEntry]:
                     info = os.stat(entry.name, dir_fd=fd)
                 except OSError:
                     continue  # a dangling symlink
-                target_inside = not entry.is_symlink() or _inside(os.path.realpath(os.path.join(real, entry.name)), real_root)
+                target_inside = not entry.is_symlink() or path_inside(os.path.realpath(os.path.join(real, entry.name)), real_root)
                 if not target_inside:
                     continue
                 if stat.S_ISDIR(info.st_mode):

@@ -1,0 +1,5 @@
+from django.apps import AppConfig
+
+
+class SecretsAppConfig(AppConfig):
+    name = "secrets_app"
