@@ -1,6 +1,7 @@
-"""The shell page of a project: run a command or the tests and watch them live (static/shell.js
-does the work through the JSON API and the job's event stream, so every action passes the same checks
-as any other client)."""
+"""The shell page of a project: run a command or the tests and watch them live, run a command on or
+pull a file from a host of the server's ssh config, and ask the model to suggest a command
+(static/shell.js does the work through the JSON API and the job's event stream, so every action passes
+the same checks as any other client)."""
 
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from accounts.selectors import membership_get
 from api.errors import NotFound
 from projects.selectors import project_get
 from secrets_app.selectors import secret_list
-from shell import selectors
+from shell import selectors, ssh, suggest
 from shell.testrunners import RUNNERS, detect_runner
 
 RECENT_ON_PAGE = 20
@@ -48,6 +49,15 @@ def shell_page(request: HttpRequest, project_id: str) -> HttpResponse:
         "detected": detected,
         "recent": selectors.commands_recent(user=request.user, project=project).order_by("-created_at")[:RECENT_ON_PAGE],
         "in_flight": selectors.jobs_in_flight(user=request.user, project=project).order_by("-created_at")[:20],
+        # The operator's hosts, as GET /api/shell/ssh-hosts lists them. That endpoint is member+ of a
+        # workspace defaulting to the caller's personal one (every user owns theirs), so a viewer here can
+        # read the same list through the API: the page shows it to them too, without the forms that
+        # ssh-run and ssh-pull (member+ of this project's workspace) would refuse.
+        "ssh_hosts": ssh.ssh_hosts_list(),
+        "ssh_config": settings.KF_SSH_CONFIG,
+        "ssh_command_max": ssh.COMMAND_MAX_CHARS,
+        "ssh_path_max": ssh.REMOTE_PATH_MAX_CHARS,
+        "suggest_max": suggest.PROMPT_MAX_CHARS,
     }
     return render(request, "shell/shell.html", context)
 

@@ -1,8 +1,10 @@
 /* shell.js: the project's shell page. Builds on kf.js (window.kf); plain JS.
  *
- * Run and Run tests POST to /api/shell/run and /api/shell/test, take the job id from the X-Job-ID
- * header and then follow the job with EventSource on /api/jobs/<id>/stream, which reconnects by itself
- * (Last-Event-ID) and resumes right after the last event shown. Cancel posts /api/shell/cancel/<id>.
+ * Run, Run tests and Run on host POST to /api/shell/run, /api/shell/test and /api/shell/ssh-run through
+ * one function (startJob), take the job id from the X-Job-ID header and then follow the job with
+ * EventSource on /api/jobs/<id>/stream, which reconnects by itself (Last-Event-ID) and resumes right
+ * after the last event shown. Cancel posts /api/shell/cancel/<id>. Pull a file posts
+ * /api/shell/ssh-pull; Suggest posts /api/shell/suggest and only ever fills the command box.
  */
 (() => {
   "use strict";
@@ -107,6 +109,11 @@
     current = null;
   }
 
+  /** What the output panel calls a command: an ssh job's names its host. */
+  function commandLabel(command, host) {
+    return host ? `${host}: ${command || ""}` : (command || "");
+  }
+
   /** Shows a job's events from the first one (or resumes after the last seen) until its `end`. */
   function follow(jobId, command, kind) {
     stopFollowing();
@@ -119,7 +126,7 @@
       if (!current || current.source !== source) return;
       handler(JSON.parse(event.data));
     });
-    on("job", (data) => { $("[data-output-command]").textContent = data.command; });
+    on("job", (data) => { $("[data-output-command]").textContent = commandLabel(data.command, data.host); });
     on("status", (data) => setStatus(data.status));
     on("stdout", (data) => append("stdout", data.text));
     on("stderr", (data) => append("stderr", data.text));
@@ -142,8 +149,10 @@
     });
   }
 
-  /** POSTs a run or test request; its answer is the job's stream, of which we only need the id. */
-  async function start(form, url, body) {
+  /** The one way a job starts from this page (local run, tests, ssh-run): POSTs `body` (plus the
+   * project) to `url`, whose answer is the job's stream, of which only the X-Job-ID header is read; the
+   * job is then followed on /api/jobs/<id>/stream. Errors go next to `form`'s fields. */
+  async function startJob(form, url, body, kind) {
     clearMessages(form);
     const buttons = $$("button[type=submit]", form);
     for (const b of buttons) b.disabled = true;
@@ -160,17 +169,18 @@
         });
       } catch (_) {
         showError(form, { code: "network", message: "Could not reach kf. Check your connection and try again." });
-        return;
+        return null;
       }
       if (!response.ok) {
         const data = await response.json().catch(() => null);
         showError(form, (data && data.error) || { code: "http", message: `kf answered ${response.status}.` });
-        return;
+        return null;
       }
       const jobId = response.headers.get("X-Job-ID");
       controller.abort(); // the job runs on; EventSource follows it
-      follow(jobId, body.command || "", url.endsWith("/test") ? "test" : "shell");
+      follow(jobId, commandLabel(body.command, body.host), kind);
       refreshLists();
+      return jobId;
     } finally {
       for (const b of buttons) b.disabled = false;
     }
@@ -187,7 +197,7 @@
       if (timeout !== "") body.timeout_s = Number(timeout);
       const secrets = $$("input[name=secrets]:checked", runForm).map((el) => el.value);
       if (secrets.length) body.secrets = secrets;
-      start(runForm, "/api/shell/run", body);
+      startJob(runForm, "/api/shell/run", body, "shell");
     });
   }
 
@@ -198,9 +208,99 @@
       const body = {};
       if (testForm.elements.runner.value) body.runner = testForm.elements.runner.value;
       if (testForm.elements.args.value.trim()) body.args = testForm.elements.args.value;
-      start(testForm, "/api/shell/test", body);
+      startJob(testForm, "/api/shell/test", body, "test");
     });
   }
+
+  const sshRunForm = $("[data-ssh-run-form]");
+  if (sshRunForm) {
+    sshRunForm.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const body = { host: sshRunForm.elements.host.value, command: sshRunForm.elements.command.value };
+      // The output panel is above this form: bring it into view once the job started.
+      if (await startJob(sshRunForm, "/api/shell/ssh-run", body, "ssh")) card.scrollIntoView({ block: "start" });
+    });
+  }
+
+  // --- pull a file ----------------------------------------------------------------------------------
+
+  const pullForm = $("[data-ssh-pull-form]");
+  if (pullForm) {
+    pullForm.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      if (pullForm.getAttribute("aria-busy") === "true") return;
+      const box = $("[data-pull-result]", pullForm);
+      box.hidden = true;
+      clearMessages(pullForm);
+      pullForm.setAttribute("aria-busy", "true");
+      const button = $("button[type=submit]", pullForm);
+      button.disabled = true;
+      try {
+        const { host, remote_path: remote, path } = pullForm.elements;
+        const result = await api("POST", "/api/shell/ssh-pull",
+          { project_id: projectId, host: host.value, remote_path: remote.value, path: path.value });
+        if (!result.ok) {
+          showError(pullForm, result.data.error);
+          return;
+        }
+        for (const name of ["path", "size", "sha256"]) $(`[data-pull="${name}"]`, box).textContent = String(result.data[name]);
+        $("[data-pull-verb]", box).textContent = result.data.replaced ? "Replaced" : "Saved";
+        box.hidden = false;
+      } finally {
+        pullForm.removeAttribute("aria-busy");
+        button.disabled = false;
+      }
+    });
+  }
+
+  // --- suggest a command ----------------------------------------------------------------------------
+
+  const suggestForm = $("[data-suggest-form]");
+  const suggestion = $("[data-suggestion]");
+  if (suggestForm) {
+    suggestForm.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      if (suggestForm.getAttribute("aria-busy") === "true") return;
+      suggestion.hidden = true; // never leave an old answer under a new question
+      clearMessages(suggestForm);
+      suggestForm.setAttribute("aria-busy", "true");
+      const button = $("button[type=submit]", suggestForm);
+      button.disabled = true;
+      button.textContent = "Asking the model…";
+      try {
+        const result = await api("POST", "/api/shell/suggest",
+          { project_id: projectId, prompt: suggestForm.elements.prompt.value });
+        if (!result.ok) {
+          showError(suggestForm, result.data.error);
+          return;
+        }
+        $("[data-suggested-command]", suggestion).textContent = result.data.command;
+        $("[data-suggested-explanation]", suggestion).textContent = result.data.explanation;
+        $("[data-suggested-model]", suggestion).textContent = result.data.model;
+        suggestion.hidden = false;
+      } finally {
+        suggestForm.removeAttribute("aria-busy");
+        button.disabled = false;
+        button.textContent = "Suggest";
+      }
+    });
+    // Ctrl+Enter (⌘+Enter) asks, as in most prompt boxes; Enter alone is a new line.
+    suggestForm.elements.prompt.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+        event.preventDefault();
+        suggestForm.requestSubmit();
+      }
+    });
+  }
+
+  /** Copies the suggestion into the command box; running it stays the user's decision. */
+  actions["shell-use-suggestion"] = () => {
+    if (!runForm) return;
+    const box = runForm.elements.command;
+    box.value = $("[data-suggested-command]", suggestion).textContent;
+    box.scrollIntoView({ block: "center" });
+    box.focus();
+  };
 
   actions["shell-cancel"] = async (button) => {
     const jobId = card.dataset.jobId;
