@@ -77,6 +77,7 @@ INSTALLED_APPS = [
     "secrets_app",
     "llm",
     "shell",
+    "agent",
 ]
 
 MIDDLEWARE = [

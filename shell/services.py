@@ -130,25 +130,32 @@ def secret_names_check(*, user: User, project: Project, names: object) -> list[s
 
 # --- starting jobs -------------------------------------------------------------------------------
 
-def _job_start_new(*, user: User, project: Project, kind: str, params: dict[str, Any]) -> Job:
+def _job_start_new(*, user: User, project: Project, kind: str, params: dict[str, Any], queue: bool,
+                   extra_params: dict[str, Any] | None) -> Job:
     from shell.tasks.commands import shell_execute_task
 
     with transaction.atomic():
-        job = job_create(kind=kind, owner=user, workspace=project.workspace, project_id=project.pk, params=params)
+        job = job_create(kind=kind, owner=user, workspace=project.workspace, project_id=project.pk,
+                         params={**params, **(extra_params or {})})
         # The first event of the log, so a follower knows what it follows.
         event_append(job_id=job.pk, type="job", data={"job_id": job.pk, "kind": kind, "project_id": project.pk,
                                                       "command": params["command"], "cwd": params["cwd"]})
-        enqueue(shell_execute_task, job.pk)
+        if queue:
+            enqueue(shell_execute_task, job.pk)
     return job
 
 
 def shell_run_start(*, user: User, project: Project, command: object, cwd: object = None,
-                    secrets: object = None, timeout_s: object = None) -> Job:
+                    secrets: object = None, timeout_s: object = None, queue: bool = True,
+                    extra_params: dict[str, Any] | None = None) -> Job:
+    """A shell job, queued for a worker; queue=False when the caller runs it itself (shell_execute),
+    as the agent's tools do inside the run's worker."""
     command = command_check(command)
     rel, _ = cwd_resolve(project, cwd)
     params = {"command": command, "cwd": rel, "timeout_s": timeout_check(timeout_s),
               "secrets": secret_names_check(user=user, project=project, names=secrets)}
-    return _job_start_new(user=user, project=project, kind=SHELL, params=params)
+    return _job_start_new(user=user, project=project, kind=SHELL, params=params, queue=queue,
+                          extra_params=extra_params)
 
 
 def test_args_check(args: object) -> list[str]:
@@ -168,7 +175,8 @@ def test_args_check(args: object) -> list[str]:
 
 
 def shell_test_start(*, user: User, project: Project, runner: object = None, args: object = None,
-                     cwd: object = None, secrets: object = None, timeout_s: object = None) -> Job:
+                     cwd: object = None, secrets: object = None, timeout_s: object = None, queue: bool = True,
+                     extra_params: dict[str, Any] | None = None) -> Job:
     if runner is not None and not isinstance(runner, str):
         raise InvalidRequest("runner must be a string.", details={"runner": ["not a string"]})
     args = test_args_check(args)
@@ -178,7 +186,8 @@ def shell_test_start(*, user: User, project: Project, runner: object = None, arg
     params = {"command": command.command, "cwd": rel, "timeout_s": timeout_check(timeout_s),
               "secrets": secret_names_check(user=user, project=project, names=secrets),
               "runner": command.runner, "runner_reason": detected.reason, "args": args}
-    return _job_start_new(user=user, project=project, kind=TEST, params=params)
+    return _job_start_new(user=user, project=project, kind=TEST, params=params, queue=queue,
+                          extra_params=extra_params)
 
 
 def shell_cancel(*, job: Job) -> Job:
@@ -281,8 +290,9 @@ def _secret_values(job: Job, project: Project) -> dict[str, str]:
     return secrets_for_use(user=job.owner, workspace=project.workspace, names=names)
 
 
-def shell_execute(*, job_id: str) -> None:
-    """The task: runs a shell or test job to its end. Always ends the job (`end` is the last event)."""
+def shell_execute(*, job_id: str, mask: list[str] | None = None) -> None:
+    """The task: runs a shell or test job to its end. Always ends the job (`end` is the last event).
+    `mask`: more values to mask in its output than its own secrets (an agent run's)."""
     job = Job.objects.select_related("owner").filter(pk=job_id).first()
     if job is None or not job_start(job_id=job_id):
         return  # cancelled while queued (already ended), or run twice
@@ -297,7 +307,7 @@ def shell_execute(*, job_id: str) -> None:
         return result
 
     try:
-        result = _execute(job, folder)
+        result = _execute(job, folder, mask or [])
     except ApiError as exc:
         job_finish(job_id=job_id, status=Job.Status.FAILED, result=failed(exc.message))
     except OSError as exc:
@@ -314,7 +324,7 @@ def shell_execute(*, job_id: str) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _execute(job: Job, folder: Path) -> dict[str, Any]:
+def _execute(job: Job, folder: Path, mask: list[str]) -> dict[str, Any]:
     project = Project.objects.select_related("workspace").filter(pk=job.project_id).first()
     if project is None:
         raise InvalidRequest("The project no longer exists.")
@@ -337,8 +347,10 @@ def _execute(job: Job, folder: Path) -> dict[str, Any]:
     extra.update(secrets)
     env = job_environment(home=home, tmp=tmp, extra=extra)
     shell = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
+    masked = [*secrets.values(), *(value for value in mask if value)]
     spec = CommandSpec(argv=[shell, "-c", command], cwd=str(cwd), env=env, timeout_s=job.params["timeout_s"],
-                       output_max_bytes=settings.KF_SHELL_OUTPUT_MAX_BYTES, mask=list(secrets.values()))
+                       output_max_bytes=settings.KF_SHELL_OUTPUT_MAX_BYTES,
+                       mask=masked)
     batcher = _EventBatcher(job.pk, keep_stdout=job.kind == TEST)
 
     def truncated(limit: int) -> None:
@@ -352,8 +364,7 @@ def _execute(job: Job, folder: Path) -> dict[str, Any]:
     batcher.flush()
     result = _result(outcome, job.params["timeout_s"])
     if job.kind == TEST:
-        result.update(_test_result(runner, junit, cwd, job.params.get("cwd", ""), "".join(batcher.kept),
-                                   list(secrets.values())))
+        result.update(_test_result(runner, junit, cwd, job.params.get("cwd", ""), "".join(batcher.kept), masked))
     return result
 
 
