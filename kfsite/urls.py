@@ -7,6 +7,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from accounts import web
 from accounts.urls import api_urlpatterns as account_api
 from accounts.urls import auth_urlpatterns
+from agent.urls import urlpatterns as agent_api
 from api import handlers
 from projects.urls import urlpatterns as project_api
 from secrets_app.urls import urlpatterns as secrets_api
@@ -24,6 +25,7 @@ api_urlpatterns = [
     *stream_api,
     *secrets_api,
     *shell_api,
+    *agent_api,
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
 ]
