@@ -326,64 +326,69 @@ CARGO_PANIC = re.compile(r"panicked at (?P<path>[^:\n]+):(?P<line>\d+):\d+:\n")
 
 def parse_output(text: str, *, root: Path, runner: str) -> RunnerResults | None:
     """Counts and failures from a runner's own output, for runners without JUnit (go, cargo)."""
-    if runner == "go":
-        results = RunnerResults(source="output")
-        lines = text.splitlines()
-        for i, line in enumerate(lines):
-            m = GO_RESULT.match(line)
-            if not m:
-                continue
-            outcome, name = m.groups()
-            if outcome == "PASS":
-                results.passed += 1
-            elif outcome == "SKIP":
-                results.skipped += 1
-            else:
-                results.failed += 1
-                # go prints a failing test's log lines indented just before its --- FAIL line.
-                before = []
-                for prev in reversed(lines[max(0, i - 20):i]):
-                    if not prev.startswith("    ") or GO_RESULT.match(prev):
-                        break
-                    before.insert(0, prev.strip())
-                detail = "\n".join(before)
-                path, lineno = _project_location(detail, root, innermost=False)
-                if path is None:
-                    m2 = re.search(r"(\w+\.go):(\d+)", detail)
-                    if m2:
-                        path, lineno = m2.group(1), int(m2.group(2))
-                results.add_failure(Failure(name=name, message=_short(detail or "failed"), path=path, line=lineno))
-        return results if results.passed or results.failed or results.skipped else None
-    if runner == "cargo":
-        results = RunnerResults(source="output")
-        failed_names = []
-        for line in text.splitlines():
-            m = CARGO_RESULT.match(line)
-            if not m:
-                continue
-            name, outcome = m.groups()
-            if outcome == "ok":
-                results.passed += 1
-            elif outcome == "ignored":
-                results.skipped += 1
-            else:
-                results.failed += 1
-                failed_names.append(name)
-        for name in failed_names:
-            section = re.search(rf"^---- {re.escape(name)} stdout ----\n(.*?)(?=^---- |^failures:|\Z)", text,
-                                re.MULTILINE | re.DOTALL)
-            detail = section.group(1) if section else ""
-            panic = CARGO_PANIC.search(detail)
-            if panic:
-                # The panic message runs to the "note: run with RUST_BACKTRACE" hint or a blank line.
-                message = []
-                for line in detail[panic.end():].splitlines():
-                    if not line.strip() or line.startswith("note: "):
-                        break
-                    message.append(line)
-                results.add_failure(Failure(name=name, message=_short("\n".join(message) or "panicked"),
-                                            path=panic.group("path"), line=int(panic.group("line"))))
-            else:
-                results.add_failure(Failure(name=name, message=_short(detail or "failed"), path=None, line=None))
-        return results if results.passed or results.failed or results.skipped else None
-    return None
+    parse = {"go": _parse_go, "cargo": _parse_cargo}.get(runner)
+    return parse(text, root) if parse else None
+
+
+def _parse_go(text: str, root: Path) -> RunnerResults | None:
+    results = RunnerResults(source="output")
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        m = GO_RESULT.match(line)
+        if not m:
+            continue
+        outcome, name = m.groups()
+        if outcome == "PASS":
+            results.passed += 1
+        elif outcome == "SKIP":
+            results.skipped += 1
+        else:
+            results.failed += 1
+            # go prints a failing test's log lines indented just before its --- FAIL line.
+            before = []
+            for prev in reversed(lines[max(0, i - 20):i]):
+                if not prev.startswith("    ") or GO_RESULT.match(prev):
+                    break
+                before.insert(0, prev.strip())
+            detail = "\n".join(before)
+            path, lineno = _project_location(detail, root, innermost=False)
+            if path is None:
+                m2 = re.search(r"(\w+\.go):(\d+)", detail)
+                if m2:
+                    path, lineno = m2.group(1), int(m2.group(2))
+            results.add_failure(Failure(name=name, message=_short(detail or "failed"), path=path, line=lineno))
+    return results if results.passed or results.failed or results.skipped else None
+
+
+def _parse_cargo(text: str, root: Path) -> RunnerResults | None:
+    results = RunnerResults(source="output")
+    failed_names = []
+    for line in text.splitlines():
+        m = CARGO_RESULT.match(line)
+        if not m:
+            continue
+        name, outcome = m.groups()
+        if outcome == "ok":
+            results.passed += 1
+        elif outcome == "ignored":
+            results.skipped += 1
+        else:
+            results.failed += 1
+            failed_names.append(name)
+    for name in failed_names:
+        section = re.search(rf"^---- {re.escape(name)} stdout ----\n(.*?)(?=^---- |^failures:|\Z)", text,
+                            re.MULTILINE | re.DOTALL)
+        detail = section.group(1) if section else ""
+        panic = CARGO_PANIC.search(detail)
+        if panic:
+            # The panic message runs to the "note: run with RUST_BACKTRACE" hint or a blank line.
+            message = []
+            for line in detail[panic.end():].splitlines():
+                if not line.strip() or line.startswith("note: "):
+                    break
+                message.append(line)
+            results.add_failure(Failure(name=name, message=_short("\n".join(message) or "panicked"),
+                                        path=panic.group("path"), line=int(panic.group("line"))))
+        else:
+            results.add_failure(Failure(name=name, message=_short(detail or "failed"), path=None, line=None))
+    return results if results.passed or results.failed or results.skipped else None
