@@ -115,6 +115,9 @@ def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.1) -> An
     raise AssertionError(f"condition not met within {timeout}s")
 
 
+# Model call retries wait milliseconds in tests (llm/tests check the backoff itself).
+MODEL_RETRY_BASE_SECONDS = 0.02
+
 # Short clone limits for every process the tests start (the tests' own settings match them).
 WORKER_ENV = {"KF_CLONE_TIMEOUT_SECONDS": "8", "KF_CLONE_STALL_SECONDS": "3"}
 
@@ -292,10 +295,42 @@ def llm_server(settings: Any) -> Iterator[Any]:
     settings.KF_LLM_BASE_URL = server.url
     settings.KF_LLM_API_KEY = server.api_key
     settings.KF_LLM_MODEL = server.model
+    settings.KF_LLM_RETRY_BASE_SECONDS = MODEL_RETRY_BASE_SECONDS
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_model_server() -> Iterator[Any]:
+    """One scripted model server per test process, its address put into os.environ before any Celery
+    worker or daphne starts (they copy os.environ), so agent runs executed there reach it. This
+    process's own settings are untouched (no model configured) until a test asks for `agent_model`."""
+    from llm.tests.scripted_server import ScriptedModelServer
+
+    server = ScriptedModelServer().start()
+    os.environ.update(KF_LLM_BASE_URL=server.url, KF_LLM_API_KEY=server.api_key, KF_LLM_MODEL=server.model,
+                      KF_LLM_RETRY_BASE_SECONDS=str(MODEL_RETRY_BASE_SECONDS))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+
+@pytest.fixture
+def agent_model(_session_model_server: Any, settings: Any) -> Iterator[Any]:
+    """The session's scripted model server, emptied, with this process's settings pointing at it: for
+    tests whose model calls happen in the task runner (Celery worker or thread pool) or in daphne."""
+    server = _session_model_server
+    server.reset()
+    settings.KF_LLM_BASE_URL = server.url
+    settings.KF_LLM_API_KEY = server.api_key
+    settings.KF_LLM_MODEL = server.model
+    settings.KF_LLM_RETRY_BASE_SECONDS = MODEL_RETRY_BASE_SECONDS
+    yield server
+    server.reset()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -11,6 +11,7 @@ from api.ids import PrefixedIdField
 from projects.models import Project
 from streams.models import Job
 
+AGENT_JOB_KIND = "agent"  # the streams Job kind of a run's event log
 DEFAULT_MAX_STEPS = 30
 MAX_STEPS_LIMIT = 500
 # A per-run cap above this is almost surely a typo (and a Decimal(12,6) holds it easily).
@@ -56,6 +57,12 @@ class Run(models.Model):
             models.Index(fields=["workspace", "-created_at"], name="run_ws_created"),
             models.Index(fields=["user", "-created_at"], name="run_user_created"),
             models.Index(fields=["project", "status"], name="run_project_status"),
+        ]
+        constraints = [
+            # Runs of one project are serialized: a second one is refused with `conflict` while one is
+            # queued or running (two agents editing the same tree would corrupt each other's work).
+            models.UniqueConstraint(fields=["project"], condition=models.Q(status__in=["queued", "running"]),
+                                    name="run_one_in_flight_per_project"),
         ]
 
     def __str__(self) -> str:

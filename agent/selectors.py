@@ -1,13 +1,17 @@
 """Reads for the agent endpoints, each with its access check."""
 
+import re
+
 from django.conf import settings
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 
 from accounts.models import Role, User
-from accounts.selectors import workspace_get
+from accounts.selectors import workspace_get, workspace_object_check
 from agent.models import AgentPrefs, Run
-from api.errors import InvalidRequest
+from api.errors import InvalidRequest, NotFound
 from projects.selectors import project_get
+
+SNAPSHOT_ID_RE = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
 def run_history(*, user: User, ws_id: str | None = None, project_id: str | None = None,
@@ -37,3 +41,33 @@ def prefs_get(*, user: User) -> AgentPrefs:
 
 def effective_model(*, prefs: AgentPrefs) -> str:
     return prefs.model or settings.KF_LLM_MODEL
+
+
+def run_get(*, user: User, run_id: str, min_role: Role = Role.VIEWER) -> Run:
+    """The run if the caller has `min_role` in its workspace; anything else is not_found."""
+    run = Run.objects.select_related("project", "workspace").filter(pk=run_id).first() if isinstance(
+        run_id, str) else None
+    return workspace_object_check(user=user, obj=run, kind="run", min_role=min_role)
+
+
+def run_by_snapshot(*, user: User, snapshot_id: str, min_role: Role = Role.VIEWER) -> Run:
+    """The run whose before- or after-snapshot is `snapshot_id` (a commit id), checked like run_get."""
+    if not isinstance(snapshot_id, str) or not SNAPSHOT_ID_RE.fullmatch(snapshot_id):
+        raise InvalidRequest("snapshot_id must be a snapshot's commit id (40 or 64 hex digits).",
+                             details={"snapshot_id": ["not a commit id"]})
+    run = (Run.objects.select_related("project", "workspace")
+           .filter(Q(snapshot_before=snapshot_id) | Q(snapshot_after=snapshot_id)).order_by("-created_at").first())
+    return workspace_object_check(user=user, obj=run, kind="snapshot", min_role=min_role)
+
+
+def run_in_flight_latest(*, user: User) -> Run:
+    """The caller's own most recent queued or running run (follow's default)."""
+    run = Run.objects.filter(user=user, status__in=[Run.Status.QUEUED, Run.Status.RUNNING]).order_by(
+        "-created_at").first()
+    if run is None:
+        raise NotFound("You have no agent run in flight: give run_id to follow a finished one.")
+    return run
+
+
+def run_in_flight_for_project(*, project_id: str) -> Run | None:
+    return Run.objects.filter(project_id=project_id, status__in=[Run.Status.QUEUED, Run.Status.RUNNING]).first()

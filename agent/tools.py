@@ -44,7 +44,7 @@ from projects.models import Finding, Project
 from projects.search import search_project
 from projects.selectors import symbol_search
 from projects.services import file_read
-from secrets_app.masking import mask_text
+from secrets_app.masking import mask_json, mask_text
 from shell import services as shell_services
 from shell import testrunners
 from streams.models import Event, Job
@@ -192,25 +192,15 @@ def _has_lone_surrogate(value: Any) -> bool:
     return False
 
 
-def _mask_value(value: Any, secrets: list[str]) -> Any:
-    if isinstance(value, str):
-        return mask_text(value, secrets)
-    if isinstance(value, dict):
-        return {k: _mask_value(v, secrets) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_mask_value(v, secrets) for v in value]
-    return value
-
-
 def _masked(ctx: ToolContext, result: ToolResult) -> ToolResult:
     if not ctx.secrets_mask:
         return result
     return ToolResult(result.ok, mask_text(result.content, ctx.secrets_mask),
-                      _mask_value(result.data, ctx.secrets_mask))
+                      mask_json(result.data, ctx.secrets_mask))
 
 
 def _emit(ctx: ToolContext, type: str, data: dict[str, Any]) -> None:
-    ctx.emit(type, _mask_value(data, ctx.secrets_mask) if ctx.secrets_mask else data)
+    ctx.emit(type, mask_json(data, ctx.secrets_mask) if ctx.secrets_mask else data)
 
 
 def _cut(text: str, *, keep_tail: bool, limit: int | None = None) -> str:
@@ -386,7 +376,8 @@ def _write(ctx: ToolContext, rel: str, new_text: str, *, expect_existing: bool,
     finally:
         os.close(parent_fd)
     diff, diff_truncated = _diff(rel, before, new_text)
-    facts = {"path": rel, "created": existing.data is None, "bytes": len(data),
+    facts = {"path": rel, "change": "added" if existing.data is None else "modified",
+             "created": existing.data is None, "bytes": len(data),
              "before_sha256": hashlib.sha256(existing.data).hexdigest() if existing.data is not None else None,
              "after_sha256": hashlib.sha256(data).hexdigest()}
     _emit(ctx, "file_changed", {**facts, "diff": diff, "diff_truncated": diff_truncated})

@@ -66,19 +66,28 @@ def start_local_beat() -> None:
     threading.Thread(target=_beat_loop, name="kf-beat", daemon=True).start()
 
 
-def _beat_loop() -> None:
+def beat_entries() -> list[list[Any]]:
+    """[task, every (seconds), next due] for each entry of CELERY_BEAT_SCHEDULE; a name that is no
+    registered task fails here, at start, rather than silently never running."""
     from celery import current_app
 
+    # autodiscover_tasks() is lazy: outside a worker nothing has imported the apps' tasks modules yet.
+    current_app.loader.import_default_modules()
     entries = []
     for entry in settings.CELERY_BEAT_SCHEDULE.values():
         schedule = entry["schedule"]
         seconds = schedule.total_seconds() if isinstance(schedule, timedelta) else float(schedule)
-        entries.append([entry["task"], seconds, 0.0])
+        entries.append([current_app.tasks[entry["task"]], seconds, 0.0])
+    return entries
+
+
+def _beat_loop() -> None:
+    entries = beat_entries()
     while True:
         now = time.monotonic()
         for entry in entries:
-            name, every, due = entry
+            task, every, due = entry
             if now >= due:
                 entry[2] = now + every
-                dispatch(current_app.tasks[name])
+                dispatch(task)
         time.sleep(5)

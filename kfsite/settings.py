@@ -77,6 +77,7 @@ INSTALLED_APPS = [
     "secrets_app",
     "llm",
     "shell",
+    "budget",
     "agent",
 ]
 
@@ -169,10 +170,18 @@ CELERY_BEAT_SCHEDULE = {
         "task": "accounts.tasks.purge_expired_exports",
         "schedule": timedelta(hours=1),
     },
+    "reap-lost-agent-runs": {
+        "task": "agent.tasks.reap",
+        "schedule": timedelta(seconds=60),
+    },
 }
 KF_TASK_THREADS = env.int("KF_TASK_THREADS", default=4)
 KF_SSE_POLL_SECONDS = env.float("KF_SSE_POLL_SECONDS", default=2.0)
 KF_SSE_HEARTBEAT_SECONDS = env.float("KF_SSE_HEARTBEAT_SECONDS", default=15.0)
+# A running job's worker writes a heartbeat this often; a job whose heartbeat is older than
+# KF_JOB_STALE_SECONDS lost its worker and is ended as failed by the reaper.
+KF_JOB_HEARTBEAT_SECONDS = env.float("KF_JOB_HEARTBEAT_SECONDS", default=10.0)
+KF_JOB_STALE_SECONDS = env.float("KF_JOB_STALE_SECONDS", default=120.0)
 
 AUTH_USER_MODEL = "accounts.User"
 AUTHENTICATION_BACKENDS = ["accounts.backends.EmailBackend"]
@@ -314,6 +323,15 @@ KF_LLM_BASE_URL = env.str("KF_LLM_BASE_URL", default="")
 KF_LLM_API_KEY = env.str("KF_LLM_API_KEY", default="")
 KF_LLM_MODEL = env.str("KF_LLM_MODEL", default="")
 KF_LLM_TIMEOUT_SECONDS = env.float("KF_LLM_TIMEOUT_SECONDS", default=60.0)
+# kf retries a failed model call itself (429, 408, 409, 5xx, timeouts, dropped connections): this many
+# attempts in all, waits growing from the base (exponential, full jitter), none longer than the cap;
+# a server's Retry-After is honoured up to the cap.
+KF_LLM_MAX_ATTEMPTS = env.int("KF_LLM_MAX_ATTEMPTS", default=4)
+KF_LLM_RETRY_BASE_SECONDS = env.float("KF_LLM_RETRY_BASE_SECONDS", default=0.5)
+KF_LLM_RETRY_MAX_WAIT_SECONDS = env.float("KF_LLM_RETRY_MAX_WAIT_SECONDS", default=30.0)
+# The agent: a run ends `failed` when the model makes the same tool call (same arguments) this many
+# times in a row, or repeats a pair of calls this many times (A B A B A B).
+KF_AGENT_STUCK_REPEATS = env.int("KF_AGENT_STUCK_REPEATS", default=3)
 
 # Shell jobs and SSH.
 KF_SHELL_TIMEOUT_SECONDS = env.int("KF_SHELL_TIMEOUT_SECONDS", default=600)

@@ -40,6 +40,7 @@ urlpatterns = [
     path("", include("projects.web")),
     path("", include("secrets_app.web")),
     path("", include("shell.web")),
+    path("", include("agent.web")),
     # Anything else under /api/ or /auth/ answers in the API's error shape.
     re_path(r"^(?:api|auth)(?:/.*)?$", csrf_exempt(handlers.handler404)),
 ]

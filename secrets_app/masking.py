@@ -11,6 +11,7 @@ can always print it transformed (reversed, base64, one character per line).
 
 import re
 from collections.abc import Iterable
+from typing import Any
 
 MASK = "••••"
 
@@ -106,3 +107,14 @@ def mask_text(text: str, values: Iterable[str]) -> str:
     """Masks a complete text (not a stream): a stored command line, an error message."""
     masker = SecretMasker(values)
     return masker.feed(text) + masker.flush()
+
+
+def mask_json(value: Any, values: Iterable[str]) -> Any:
+    """`value` (JSON-like: dicts, lists, strings, numbers) with every secret value masked in its strings."""
+    if isinstance(value, str):
+        return mask_text(value, values)
+    if isinstance(value, dict):
+        return {k: mask_json(v, values) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_json(v, values) for v in value]
+    return value

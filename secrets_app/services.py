@@ -396,3 +396,16 @@ def _rotation_finish(rotation: Rotation, *, failed: dict[str, str], error: str =
                                          .values_list("version", flat=True)))
     rotation.refresh_from_db()
     return rotation
+
+
+def secret_values_for_masking(*, workspace: Workspace) -> list[str]:
+    """Every secret value of the workspace, for masking what an agent run shows (a file or a command
+    output can contain one). Not a use of the secrets: nothing is handed to a process, so no audit.
+    A secret that no longer decrypts (tampered) is skipped: masking must not stop the run."""
+    values = []
+    for secret in Secret.objects.filter(workspace=workspace).iterator():
+        try:
+            values.append(_open(secret))
+        except (SecretCorrupted, MasterKeyUnavailable):
+            continue
+    return [v for v in values if v]

@@ -28,6 +28,9 @@ LANGUAGES = 10
 # The model costs money per call: a generous cap for a person, a brake for a runaway script.
 RATE_LIMIT = 30
 RATE_WINDOW_SECONDS = 60
+# A person is waiting on the answer: one retry rides out a transient 429/5xx or dropped connection,
+# more would multiply their wait.
+MODEL_ATTEMPTS = 2
 
 SYSTEM_PROMPT = """You suggest exactly ONE shell command for a developer working on a software project.
 The command will be shown to them (never run automatically); they may run it with bash in the
@@ -118,12 +121,12 @@ def parse_suggestion(text: str | None) -> tuple[str, str] | None:
 def _ask(messages: list[dict[str, Any]]) -> ChatResult:
     # No max_tokens or temperature: some models (reasoning ones) reject them, and the answer is short.
     try:
-        return chat(messages=messages, response_format={"type": "json_object"})
+        return chat(messages=messages, response_format={"type": "json_object"}, max_attempts=MODEL_ATTEMPTS)
     except ModelError as exc:
         if exc.upstream_status not in (400, 422):
             raise
     # Some OpenAI-compatible servers reject response_format: ask again without it.
-    return chat(messages=messages)
+    return chat(messages=messages, max_attempts=MODEL_ATTEMPTS)
 
 
 def command_suggest(*, user: User, prompt: str, project: Project | None) -> Suggestion:

@@ -23,7 +23,7 @@ class JobAdmin(admin.ModelAdmin):
     list_filter = ["kind", "status", "created_at"]
     search_fields = ["id", "project_id", "owner__email", "workspace__name"]
     readonly_fields = ["id", "kind", "owner", "workspace", "project_id", "status", "params", "result",
-                       "cancel_requested", "last_seq", "created_at", "started_at", "ended_at"]
+                       "cancel_requested", "last_seq", "created_at", "started_at", "ended_at", "heartbeat_at"]
     inlines = [EventInline]
     date_hierarchy = "created_at"
 

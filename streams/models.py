@@ -14,8 +14,9 @@ class Job(models.Model):
         SUCCEEDED = "succeeded"
         FAILED = "failed"
         CANCELLED = "cancelled"
+        BUDGET_EXCEEDED = "budget_exceeded"  # stopped by a spending cap (agent runs)
 
-    FINAL = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+    FINAL = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.BUDGET_EXCEEDED)
 
     id = PrefixedIdField("job")
     kind = models.CharField(max_length=30, db_index=True)
@@ -23,7 +24,7 @@ class Job(models.Model):
     workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="jobs")
     # A plain id, not a foreign key: streams sits below projects (DESIGN "Layers").
     project_id = models.CharField(max_length=40, blank=True, db_index=True)
-    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
     params = models.JSONField(default=dict, blank=True)
     result = models.JSONField(default=dict, blank=True)
     cancel_requested = models.BooleanField(default=False)
@@ -31,6 +32,9 @@ class Job(models.Model):
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)
+    # Written now and then by the process running the job; a running job whose heartbeat is stale
+    # lost its worker (killed, crashed) and is ended by a reaper (job_stale_list).
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         indexes = [models.Index(fields=["workspace", "kind", "-created_at"], name="job_ws_kind_created")]

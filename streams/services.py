@@ -44,8 +44,9 @@ def event_append(*, job_id: str, type: str, data: dict[str, Any] | None = None) 
 def job_start(*, job_id: str) -> bool:
     """queued → running. False if the job was cancelled (or started) meanwhile: do not run it."""
     with transaction.atomic():
+        now = timezone.now()
         started = Job.objects.filter(pk=job_id, status=Job.Status.QUEUED, cancel_requested=False).update(
-            status=Job.Status.RUNNING, started_at=timezone.now())
+            status=Job.Status.RUNNING, started_at=now, heartbeat_at=now)
         if started:
             event_append(job_id=job_id, type="status", data={"status": Job.Status.RUNNING})
     return bool(started)
@@ -74,3 +75,8 @@ def job_cancel(*, job: Job) -> None:
 
 def job_cancel_requested(job_id: str) -> bool:
     return Job.objects.filter(pk=job_id, cancel_requested=True).exists()
+
+
+def job_heartbeat(job_id: str) -> None:
+    """The running job's worker is alive (see Job.heartbeat_at)."""
+    Job.objects.filter(pk=job_id, status=Job.Status.RUNNING).update(heartbeat_at=timezone.now())

@@ -6,7 +6,15 @@ import socket
 
 import pytest
 
-from llm.client import ChatResult, ModelError, ModelNotConfigured, ToolCall, chat, llm_config, model_configured
+from llm.client import (
+    ChatResult,
+    ModelError,
+    ModelNotConfigured,
+    ToolCall,
+    chat,
+    llm_config,
+    model_configured,
+)
 
 USER = [{"role": "user", "content": "Say hi"}]
 
@@ -88,11 +96,12 @@ def test_a_key_without_a_base_url_means_openai_and_a_base_url_needs_no_key(setti
     assert model_configured() and llm_config().server == "http://127.0.0.1:11434"
 
 
-def test_upstream_500_is_a_model_error_with_the_status(llm_server):
-    llm_server.fail(500, message="the GPU caught fire", times=2)  # the client retries once
+def test_upstream_500_is_a_model_error_with_the_status(llm_server, settings):
+    settings.KF_LLM_MAX_ATTEMPTS = 2
+    llm_server.fail(500, message="the GPU caught fire", times=2)
     with pytest.raises(ModelError) as info:
         chat(messages=USER)
-    assert info.value.status_code == 502 and info.value.details == {"upstream_status": 500}
+    assert info.value.status_code == 502 and info.value.details == {"upstream_status": 500, "attempts": 2}
     assert "the GPU caught fire" in info.value.message
     assert len(llm_server.requests) == 2
 
@@ -135,12 +144,13 @@ def test_garbage_from_the_model_server_is_a_model_error(llm_server, script):
 
 
 def test_a_slow_model_server_times_out_with_a_clear_error(llm_server, settings):
-    settings.KF_LLM_TIMEOUT_SECONDS = 0.3
+    settings.KF_LLM_TIMEOUT_SECONDS, settings.KF_LLM_MAX_ATTEMPTS = 0.3, 2
     llm_server.reply("too late", delay=3)
     llm_server.reply("too late again", delay=3)
     with pytest.raises(ModelError) as info:
         chat(messages=USER)
-    assert "did not answer within 0.3 s" in info.value.message
+    assert "did not answer within 0.3 s (gave up after 2 attempts)." in info.value.message
+    assert len(llm_server.requests) == 2 and llm_server.requests[0].client_gone.wait(5)
 
 
 def test_an_unreachable_model_server_is_a_model_error(settings):

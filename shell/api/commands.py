@@ -16,7 +16,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.models import Role, User
-from api.errors import InvalidRequest
+from api.bodies import json_object
 from api.pagination import paginate
 from projects.api import project_id_of
 from projects.models import Project
@@ -33,12 +33,6 @@ RUN_SSE = OpenApiResponse(response=OpenApiTypes.STR, description=(
     "runs on; the rest of its output is dropped), and last `end {status: succeeded|failed|cancelled, "
     "exit_code (null when killed by a signal), signal, duration_ms, output_bytes, truncated, timed_out, "
     "error?}`. Follow or resume it at /api/jobs/<job_id>/stream."))
-
-
-def _body(request: Request) -> dict[str, Any]:
-    if not isinstance(request.data, dict):
-        raise InvalidRequest("The body must be a JSON object.")
-    return request.data
 
 
 def _stream(request: Request, job: Job) -> Any:
@@ -64,7 +58,7 @@ class RunApi(APIView):
                                "TERM=dumb, the named secrets), runs in its own process group, and is killed with "
                                "its whole group on cancel or timeout. Closing the stream does not stop it.")
     def post(self, request: Request) -> Any:
-        data = self.RunInput(data=_body(request))
+        data = self.RunInput(data=json_object(request))
         data.is_valid(raise_exception=True)
         body = data.validated_data
         project = project_get(user=request.user, project_id=project_id_of(request), min_role=Role.MEMBER)
@@ -94,7 +88,7 @@ class TestApi(APIView):
                                "junit|output|null, passed, failed, skipped, errors, failures: [{name, message, "
                                "path, line}]}` (counts null when the runner reported none we can read).")
     def post(self, request: Request) -> Any:
-        data = self.TestInput(data=_body(request))
+        data = self.TestInput(data=json_object(request))
         data.is_valid(raise_exception=True)
         body = data.validated_data
         project = project_get(user=request.user, project_id=project_id_of(request), min_role=Role.MEMBER)

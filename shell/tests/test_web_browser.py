@@ -18,7 +18,6 @@ from playwright.sync_api import Browser, expect
 from accounts.tests import test_browser as account_browser
 from accounts.tests.test_browser import sign_in
 from conftest import Daphne, make_user, wait_for
-from llm.client import ModelNotConfigured
 from llm.tests.scripted_server import ScriptedModelServer
 from projects.models import Project
 from projects.tests.test_browser import new_page
@@ -120,7 +119,7 @@ def open_shell_page(browser: Browser, base: str, settings: Any, name: str) -> tu
 
 
 def test_ssh_hosts_run_cancel_and_pull_from_the_page(daphne: Daphne, task_runner: str, sshd: Sshd, settings: Any,
-                                                     browser: Browser, tmp_path: Path) -> None:
+                                                     browser: Browser, tmp_path: Path, agent_model: Any) -> None:
     # daphne (and the Celery worker) read the ssh config and known_hosts that the sshd fixture wrote, at the
     # paths the root conftest exported before they started.
     page, project, errors = open_shell_page(browser, daphne.url, settings, "sid")
@@ -213,10 +212,12 @@ def test_ssh_hosts_run_cancel_and_pull_from_the_page(daphne: Daphne, task_runner
     expect(page.locator("#ssh-pull-path-error")).to_be_visible()
     assert not (Path(project.root).parent / "escaped.txt").exists()
 
-    # Suggest, with no model configured on this server: the API's 503 message, nothing else.
+    # Suggest, with a model server that refuses kf's key (daphne uses the session's scripted model): the
+    # API's message, nothing else.
+    agent_model.fail(401, message="bad key")
     page.fill("[data-test=suggest-prompt]", "list the biggest files")
     page.click("[data-test=suggest-submit]")
-    expect(page.locator("[data-test=suggest-error]")).to_have_text(str(ModelNotConfigured.default_detail))
+    expect(page.locator("[data-test=suggest-error]")).to_contain_text("refused kf's credentials (HTTP 401)")
     expect(page.locator("[data-test=suggestion]")).to_be_hidden()
     page.screenshot(path="/tmp/kf-shell-ssh.png", full_page=True)
     assert errors == []
