@@ -35,6 +35,7 @@ timeout. Caveat: filters configured in the repository's own config still run, as
 user's own `git add`.
 """
 
+import hashlib
 import os
 import re
 import subprocess
@@ -433,3 +434,32 @@ def snapshot_diff(*, root: Path, project_id: str, from_ref: str, to_ref: str) ->
             item["old_path"] = os.fsdecode(change["old_path"])
         items.append(item)
     return items
+
+
+_ZERO_OID = re.compile(rb"0+")
+_GITLINK = b"160000"
+
+
+def snapshot_file_hashes(*, root: Path, project_id: str, from_ref: str, to_ref: str) -> list[dict[str, Any]]:
+    """The files that differ between two snapshots with the SHA-256 of their content on each side:
+    [{path, before_sha256 (None: added), after_sha256 (None: deleted)}], sorted by path. (Git's own ids
+    are SHA-1 of a header plus the content; receipts want a plain content hash anyone can recompute.)
+    Submodules (gitlinks) have no content here and are left out."""
+    place = _locate(root, project_id)
+    old_tree = _subtree(place, _ref_commit(place, from_ref))
+    new_tree = _subtree(place, _ref_commit(place, to_ref))
+    changes = [c for c in _raw_changes(place, old_tree, new_tree, renames=False)
+               if _GITLINK not in (c["old_mode"], c["new_mode"])]
+    blobs = sorted({sha for c in changes for sha in (c["old_sha"], c["new_sha"]) if not _ZERO_OID.fullmatch(sha)})
+    digests: dict[bytes, str] = {}
+    if blobs:
+        out = _git(place, "cat-file", "--batch", stdin=b"".join(sha + b"\n" for sha in blobs)).stdout
+        pos = 0
+        for sha in blobs:
+            header_end = out.index(b"\n", pos)
+            size = int(out[pos:header_end].split(b" ")[2])
+            content = out[header_end + 1:header_end + 1 + size]
+            digests[sha] = hashlib.sha256(content).hexdigest()
+            pos = header_end + 1 + size + 1
+    return sorted(({"path": os.fsdecode(c["path"]), "before_sha256": digests.get(c["old_sha"]),
+                    "after_sha256": digests.get(c["new_sha"])} for c in changes), key=lambda f: f["path"])

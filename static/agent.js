@@ -37,7 +37,16 @@
     return node;
   }
 
+  // A run's status only moves forward (queued → running → an end): an answer to GET /api/agent/runs/<id>
+  // sent before the worker started can arrive after the live `status` event and must not undo it.
+  const STATUS_RANK = { queued: 0, running: 1 };
+  const rankOf = (status) => STATUS_RANK[status] ?? 2;
+
   function setStatus(status) {
+    if (current) {
+      if (current.statusRank !== undefined && rankOf(status) < current.statusRank) return;
+      current.statusRank = rankOf(status);
+    }
     statusBadge.textContent = status;
     statusBadge.dataset.status = status;
     statusBadge.className = "badge" + (TONES[status] ? ` badge-${TONES[status]}` : "");

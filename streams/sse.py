@@ -13,7 +13,6 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import close_old_connections
 from django.http import HttpRequest, StreamingHttpResponse
-
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 
 from api.errors import InvalidRequest
@@ -74,6 +73,10 @@ async def job_event_stream(job_id: str, cursor: int) -> AsyncIterator[str]:
     await layer.group_add(group, channel)
     poll = settings.KF_SSE_POLL_SECONDS
     heartbeat = settings.KF_SSE_HEARTBEAT_SECONDS
+    # One receive stays pending across polls: cancelling a channel layer's receive in the middle (as
+    # wait_for does on every timeout) is where layers have lost wake-ups or hung; it is cancelled once,
+    # when the stream ends.
+    wake: asyncio.Task[Any] | None = None
     try:
         yield "retry: 2000\n\n"
         last_sent = time.monotonic()
@@ -89,14 +92,19 @@ async def job_event_stream(job_id: str, cursor: int) -> AsyncIterator[str]:
                 continue  # there may be more than one page
             if finished:
                 return  # the caller was already past `end`
-            try:
-                await asyncio.wait_for(layer.receive(channel), timeout=poll)
-            except asyncio.TimeoutError:
-                pass
+            if wake is None:
+                wake = asyncio.ensure_future(layer.receive(channel))
+            done, _ = await asyncio.wait({wake}, timeout=poll)
+            if done:
+                wake.exception()  # retrieved (a failed receive only means: read the log again)
+                wake = None
             if time.monotonic() - last_sent >= heartbeat:
                 yield ": heartbeat\n\n"
                 last_sent = time.monotonic()
     finally:
+        if wake is not None:
+            wake.cancel()
+            await asyncio.wait({wake}, timeout=1)
         await layer.group_discard(group, channel)
 
 

@@ -14,6 +14,7 @@ from agent.snapshots import (
     REF_PREFIX,
     after_ref_name,
     snapshot_diff,
+    snapshot_file_hashes,
     snapshot_ref_tree,
     snapshot_restore,
     snapshot_take,
@@ -206,6 +207,30 @@ def test_snapshot_diff_lists_changes_with_unified_diffs(repo: Path) -> None:
     assert items["newdir/deep/x.txt"]["status"] == "added"
     assert not any(path.startswith("build/") or path.endswith(".log") for path in items)
     assert all(item["truncated"] is False for item in items.values())
+
+
+def test_file_hashes_are_plain_sha256_of_each_side(repo: Path) -> None:
+    import hashlib
+
+    def sha(data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest()
+
+    before = {name: (repo / name).read_bytes() for name in ("mod.txt", "del.txt", "bin.dat", "ren_old.txt")}
+    snapshot_take(root=repo, project_id=PROJECT, ref_name="run_h")
+    simulate_run(repo)
+    snapshot_take(root=repo, project_id=PROJECT, ref_name="run_h-after")
+
+    items = {f["path"]: f for f in snapshot_file_hashes(root=repo, project_id=PROJECT, from_ref="run_h",
+                                                        to_ref="run_h-after")}
+    assert items["mod.txt"] == {"path": "mod.txt", "before_sha256": sha(before["mod.txt"]),
+                                "after_sha256": sha(b"line one\nline 2 changed\n")}
+    assert items["del.txt"]["after_sha256"] is None and items["del.txt"]["before_sha256"] == sha(before["del.txt"])
+    assert items["new.txt"] == {"path": "new.txt", "before_sha256": None, "after_sha256": sha(b"added\n")}
+    assert items["bin.dat"]["after_sha256"] == sha((repo / "bin.dat").read_bytes())
+    # A rename is a deletion and an addition of the same content.
+    assert items["ren_old.txt"]["before_sha256"] == items["ren_new.txt"]["after_sha256"] == sha(before["ren_old.txt"])
+    assert items["script.sh"]["before_sha256"] == items["script.sh"]["after_sha256"]  # a mode change only
+    assert list(items) == sorted(items) and not any(p.startswith("build/") for p in items)
 
 
 def test_large_files_get_capped_diffs_and_come_back_byte_identical(repo: Path) -> None:
