@@ -6,7 +6,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import path
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -14,11 +14,24 @@ from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_safe
 
 from accounts import selectors, services
-from accounts.models import ApiKey
+from accounts.models import ApiKey, Membership
 from api.errors import ApiError
 from api.pagination import paginate_rows
 
 AUDIT_PAGE = 50
+
+
+def page_workspace(request: HttpRequest) -> tuple[list[Membership], Membership | None]:
+    """For a page about one workspace (secrets, budget, receipts, run history): the caller's memberships
+    and the one the page shows, `?ws_id=` (404 if the caller is not a member) or else the personal one."""
+    memberships = list(selectors.workspace_list(user=request.user))
+    ws_id = request.GET.get("ws_id") or None
+    if ws_id is not None:
+        membership = next((m for m in memberships if m.workspace_id == ws_id), None)
+        if membership is None:
+            raise Http404("No such workspace.")
+        return memberships, membership
+    return memberships, next((m for m in memberships if m.workspace.personal), memberships[0] if memberships else None)
 
 
 def _safe_next(request: HttpRequest) -> str:

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import connections
+from django.db import DatabaseError, connections
 from django.db.models import F
 from django.utils import timezone
 
@@ -53,8 +53,12 @@ from agent.snapshots import (
     snapshot_take,
 )
 from agent.tools import ToolContext, openai_tools, tool_call
-from budget.pricing import UNPRICED, price_usd
+from api.errors import ApiError
+from budget.estimate import CALL_OUTPUT_ALLOWANCE, call_estimate_usd
+from budget.services import call_reserve, call_settle, run_release
+from budget.tokens import count_message_tokens
 from llm.client import ChatResult, ModelError, chat
+from receipts.services import receipt_append
 from secrets_app.masking import SecretMasker, mask_json, mask_text
 from secrets_app.services import secret_values_for_masking
 from streams.models import Job
@@ -91,7 +95,6 @@ class RunLoop:
         self._last_cancel_check = 0.0
         self._calls: list[str] = []  # "name\0canonical arguments" of every tool call, for the stuck check
         self.mask: list[str] = []
-        self.pricing_source = UNPRICED
         self.ended_elsewhere = False  # the reaper ended the job: append nothing more
 
     # --- events and liveness ------------------------------------------------------------------
@@ -167,6 +170,7 @@ class RunLoop:
             try:
                 outcome["result"] = chat(
                     messages=messages, tools=openai_tools(), model=self.run.model,
+                    max_tokens=settings.KF_AGENT_MAX_OUTPUT_TOKENS or None,
                     on_delta=lambda text: pieces.put(("delta", text)), should_stop=stop.is_set,
                     on_retry=lambda attempt, wait, error: pieces.put(("retry", (attempt, wait, error.message))))
             except BaseException as exc:  # noqa: BLE001 — handed to the loop's thread, which decides
@@ -222,10 +226,10 @@ class RunLoop:
         return mask_text(text, self.mask) if self.mask else text
 
     def _account(self, result: ChatResult, step: int) -> None:
+        """Settles the call's reported usage in the budget (ledger, caps) and adds it to the run."""
         usage = result.usage
-        price = price_usd(model=self.run.model, input_tokens=usage["prompt_tokens"],
-                          output_tokens=usage["completion_tokens"])
-        self.pricing_source = price.source
+        price = call_settle(run_id=self.run.pk, model=self.run.model, input_tokens=usage["prompt_tokens"],
+                            output_tokens=usage["completion_tokens"])
         Run.objects.filter(pk=self.run.pk).update(
             input_tokens=F("input_tokens") + usage["prompt_tokens"],
             output_tokens=F("output_tokens") + usage["completion_tokens"], usd=F("usd") + price.usd, steps=step)
@@ -234,11 +238,22 @@ class RunLoop:
                            "output_tokens": self.run.output_tokens, "usd": str(self.run.usd),
                            "pricing_source": price.source})
 
-    def _budget_check(self) -> None:
+    def _budget_check(self, messages: list[dict[str, Any]]) -> None:
+        """Before a model call: its highest possible cost (the prompt counted, the answer at its token
+        limit) must fit the run's own cap and the workspace's caps (the run's reservation grows
+        atomically, or the run stops), so no cap is ever overshot by a call."""
+        next_call = call_estimate_usd(workspace=self.run.workspace, model=self.run.model, messages=messages,
+                                      tools=openai_tools(),
+                                      output_tokens=settings.KF_AGENT_MAX_OUTPUT_TOKENS or CALL_OUTPUT_ALLOWANCE)
         cap = self.run.max_cost_usd
-        if cap is not None and self.run.usd >= cap:
+        if cap is not None and self.run.usd + next_call > cap:
             raise _Stop(Run.Status.BUDGET_EXCEEDED,
-                        f"The run has cost ${self.run.usd} of its ${cap} cap: stopped before the next model call.")
+                        f"The next model call could cost up to ${next_call}; with ${self.run.usd} spent that would "
+                        f"pass the run's ${cap} cap, so the run stopped before it.")
+        if not call_reserve(run_id=self.run.pk, usd=next_call):
+            raise _Stop(Run.Status.BUDGET_EXCEEDED,
+                        f"The next model call could cost up to ${next_call}, more than the workspace's budget has "
+                        "left (daily or monthly cap): the run stopped before it.")
 
     # --- tool calls ---------------------------------------------------------------------------
 
@@ -309,12 +324,13 @@ class RunLoop:
         for step in range(1, self.run.max_steps + 1):
             if self.cancel_requested():
                 raise _Stop(Run.Status.CANCELLED, "Cancelled.")
-            self._budget_check()
+            self._budget_check(messages)
             result = self._model_call(messages, step)
             self._account(result, step)
             cap = self.run.max_cost_usd
             if result.tool_calls and cap is not None and self.run.usd >= cap:
-                # The next step cannot be paid for: do not start work whose follow-up cannot happen.
+                # The model reported more usage than its call could cost (a server miscounting): with
+                # the cap reached, no follow-up can happen, so its tool calls are not started either.
                 raise _Stop(Run.Status.BUDGET_EXCEEDED, f"The run has cost ${self.run.usd} of its ${cap} cap: "
                                                         "stopped before running the model's tool calls.")
             if result.text:
@@ -346,14 +362,27 @@ class RunLoop:
 
 
 def run_finish(*, run_id: str, status: str, error: str = "") -> bool:
-    """Ends the run and its log once (`end` last); False if it had already ended."""
+    """Ends the run and its log once (`end` last), frees what is left of its budget reservation;
+    False if it had already ended."""
+    run_release(run_id=run_id)
     run = Run.objects.get(pk=run_id)
     ended = job_finish(job_id=run.job_id, status=status, result={
         **({"error": error} if error else {}), "steps": run.steps, "usd": str(run.usd),
         "files_changed": run.files_changed, "input_tokens": run.input_tokens, "output_tokens": run.output_tokens})
     if ended:
         Run.objects.filter(pk=run_id).update(status=status, error=error, ended_at=timezone.now())
+        _receipt_append(run_id)
     return ended
+
+
+def _receipt_append(run_id: str) -> None:
+    """The ended run's receipt, appended to its workspace's signed log. A failure here is logged, not
+    raised: the run has ended either way, and verify shows a run without a receipt as such."""
+    run = Run.objects.select_related("project").get(pk=run_id)
+    try:
+        receipt_append(facts=selectors.run_receipt_facts(run=run))
+    except (ApiError, DatabaseError):
+        logger.exception("agent run %s: its receipt could not be appended", run_id)
 
 
 def run_execute(*, run_id: str) -> None:
@@ -384,3 +413,10 @@ def runs_reap(*, stale_seconds: float | None = None) -> list[str]:
             reaped.append(run.pk)
     return reaped
 
+
+
+def context_tokens(*, model: str) -> int:
+    """What every model call of a run sends besides the conversation: the system prompt and the tool
+    schemas (for the run's estimate)."""
+    return count_message_tokens(model=model, messages=[{"role": "system", "content": SYSTEM_PROMPT}],
+                                tools=openai_tools())

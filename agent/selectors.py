@@ -1,6 +1,10 @@
 """Reads for the agent endpoints, each with its access check."""
 
+import json
 import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.db.models import Q, QuerySet
@@ -8,8 +12,10 @@ from django.db.models import Q, QuerySet
 from accounts.models import Role, User
 from accounts.selectors import workspace_get, workspace_object_check
 from agent.models import AgentPrefs, Run
+from agent.snapshots import SnapshotError, after_ref_name, snapshot_file_hashes
 from api.errors import InvalidRequest, NotFound
 from projects.selectors import project_get
+from streams.models import Event
 
 SNAPSHOT_ID_RE = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
@@ -71,3 +77,45 @@ def run_in_flight_latest(*, user: User) -> Run:
 
 def run_in_flight_for_project(*, project_id: str) -> Run | None:
     return Run.objects.filter(project_id=project_id, status__in=[Run.Status.QUEUED, Run.Status.RUNNING]).first()
+
+
+def run_receipt_facts(*, run: Run) -> dict[str, Any]:
+    """What the run's receipt records, as plain data for receipts.services.receipt_append: read back
+    from its event log (so every hash in the receipt can be checked against the transcript) and its
+    snapshots (files changed by any means, commands included, with content hashes on both sides)."""
+    calls: dict[str, dict[str, Any]] = {}
+    tool_calls: list[dict[str, Any]] = []
+    findings: list[dict[str, Any]] = []
+    for type, data in Event.objects.filter(job_id=run.job_id, type__in=("tool_call", "tool_result", "finding")).order_by(
+            "seq").values_list("type", "data").iterator():
+        if type == "tool_call":
+            calls[data.get("id", "")] = data
+        elif type == "tool_result":
+            call = calls.pop(data.get("id", ""), {})
+            tool_calls.append({"name": data.get("name", ""),
+                               "arguments": json.dumps(call.get("arguments"), sort_keys=True, ensure_ascii=False),
+                               "result": data.get("content", "")})
+        else:
+            findings.append({key: data.get(key) for key in ("path", "line", "rule", "severity", "message")})
+    # A call the run stopped before answering (stuck loop, cancel): recorded with an empty result.
+    tool_calls += [{"name": c.get("name", ""), "arguments": json.dumps(c.get("arguments"), sort_keys=True,
+                                                                       ensure_ascii=False), "result": ""}
+                   for c in calls.values()]
+    files: list[dict[str, Any]] = []
+    if run.snapshot_before and run.snapshot_after:
+        try:
+            files = snapshot_file_hashes(root=Path(run.project.root), project_id=run.project_id, from_ref=run.pk,
+                                         to_ref=after_ref_name(run.pk))
+        except (SnapshotError, NotFound):
+            files = []  # the repository is gone or broken: the receipt says no files rather than failing
+    return {
+        "run_id": run.pk, "ws_id": run.workspace_id, "project_id": run.project_id, "user_id": run.user_id,
+        "task": run.task, "model": run.model, "status": run.status, "input_tokens": run.input_tokens,
+        "output_tokens": run.output_tokens, "usd": str(run.usd), "tool_calls": tool_calls, "files": files,
+        "snapshot_before": run.snapshot_before, "snapshot_after": run.snapshot_after, "findings": findings,
+        "started_at": _iso(run.started_at or run.created_at), "ended_at": _iso(run.ended_at or run.created_at),
+    }
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

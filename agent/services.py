@@ -12,6 +12,7 @@ from django.utils import timezone
 from accounts.models import User
 from accounts.services import audit_record
 from agent import selectors
+from agent.loop import context_tokens
 from agent.models import AGENT_JOB_KIND, AgentPrefs, Run
 from agent.snapshots import (
     SnapshotError,
@@ -23,6 +24,8 @@ from agent.snapshots import (
 from agent.tasks import agent_run_task
 from api.errors import Conflict, InvalidRequest, PayloadTooLarge
 from api.tasking import enqueue
+from budget.estimate import run_estimate
+from budget.services import run_reserve
 from llm.client import llm_config
 from projects.models import Project
 from streams.services import event_append, job_cancel, job_create
@@ -80,11 +83,17 @@ def run_start(*, user: User, project: Project, task: object, model: str | None =
     max_steps = max_steps or prefs.max_steps
     if max_cost_usd is None:
         max_cost_usd = prefs.max_cost_usd_per_run
+    # The run's highest likely cost, held against the workspace's caps before it may start (402
+    # budget_exceeded, nothing created, when it does not fit); never more than its own cap.
+    estimate = run_estimate(workspace=project.workspace, user=user, task=task, model=model, project=project,
+                            max_steps=max_steps, context_tokens=context_tokens(model=model))
+    hold = estimate.high.usd if max_cost_usd is None else min(estimate.high.usd, max_cost_usd)
     try:
         with transaction.atomic():
             job = job_create(kind=AGENT_JOB_KIND, owner=user, workspace=project.workspace, project_id=project.pk)
             run = Run.objects.create(workspace=project.workspace, project=project, user=user, job=job, task=task,
                                      model=model, max_steps=max_steps, max_cost_usd=max_cost_usd)
+            run_reserve(workspace=project.workspace, user=user, run_id=run.pk, model=model, usd=hold)
             event_append(job_id=job.pk, type="run", data={
                 "run_id": run.pk, "job_id": job.pk, "project_id": project.pk, "task": task, "model": model,
                 "max_steps": max_steps, "max_cost_usd": None if max_cost_usd is None else str(max_cost_usd)})

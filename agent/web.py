@@ -13,8 +13,9 @@ from django.urls import URLPattern, path
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_safe
 
-from accounts.models import ROLE_RANK, Membership, Role, User
-from accounts.selectors import membership_get, workspace_list
+from accounts.models import ROLE_RANK, Role, User
+from accounts.selectors import membership_get
+from accounts.web import page_workspace
 from agent import selectors
 from agent.models import MAX_COST_USD_LIMIT, MAX_STEPS_LIMIT, Run
 from api.errors import InvalidRequest, NotFound
@@ -78,27 +79,16 @@ def run_page(request: HttpRequest, run_id: str) -> HttpResponse:
     return render(request, "agent/run.html", context)
 
 
-def _history_membership(user: User, memberships: list[Membership], ws_id: str | None) -> Membership | None:
-    """The workspace the history shows: the one asked for (404 if the caller is not in it), else the
-    personal one."""
-    if ws_id is not None:
-        membership = next((m for m in memberships if m.workspace_id == ws_id), None)
-        if membership is None:
-            raise Http404("No such workspace.")
-        return membership
-    return next((m for m in memberships if m.workspace.personal), memberships[0] if memberships else None)
-
-
 @require_safe
 @ensure_csrf_cookie
 @login_required
 def history_page(request: HttpRequest) -> HttpResponse:
     user = request.user
     params = request.GET
-    memberships = list(workspace_list(user=user))
+    memberships, membership = page_workspace(request)
     project = _project_or_404(user, params["project_id"]) if params.get("project_id") else None
-    membership = (next(m for m in memberships if m.workspace_id == project.workspace_id) if project
-                  else _history_membership(user, memberships, params.get("ws_id") or None))
+    if project is not None:  # a project's history is its workspace's
+        membership = next(m for m in memberships if m.workspace_id == project.workspace_id)
     status = params.get("status") or ""
     context: dict[str, Any] = {
         "memberships": memberships, "membership": membership, "project": project, "status": status,

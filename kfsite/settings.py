@@ -78,6 +78,7 @@ INSTALLED_APPS = [
     "llm",
     "shell",
     "budget",
+    "receipts",
     "agent",
 ]
 
@@ -318,6 +319,11 @@ KF_SEARCH_TIMEOUT_MS = env.int("KF_SEARCH_TIMEOUT_MS", default=2000)
 KF_MASTER_KEY = env.str("KF_MASTER_KEY", default="")
 KF_SECRET_MAX_BYTES = env.int("KF_SECRET_MAX_BYTES", default=64 * 1024)
 
+# Receipts (DESIGN decision 8): the Ed25519 key that signs each workspace's log head, never in the
+# database. KF_SIGNING_KEY set: base64 of the 32-byte private seed; unset: a key file under KF_DATA_DIR
+# (receipts_signing_key), created 0600 on first use.
+KF_SIGNING_KEY = env.str("KF_SIGNING_KEY", default="")
+
 # The chat model (OpenAI-compatible): unset means "no model configured", a clear error.
 KF_LLM_BASE_URL = env.str("KF_LLM_BASE_URL", default="")
 KF_LLM_API_KEY = env.str("KF_LLM_API_KEY", default="")
@@ -332,6 +338,10 @@ KF_LLM_RETRY_MAX_WAIT_SECONDS = env.float("KF_LLM_RETRY_MAX_WAIT_SECONDS", defau
 # The agent: a run ends `failed` when the model makes the same tool call (same arguments) this many
 # times in a row, or repeats a pair of calls this many times (A B A B A B).
 KF_AGENT_STUCK_REPEATS = env.int("KF_AGENT_STUCK_REPEATS", default=3)
+# The longest answer one model call of a run may give (sent as max_tokens): the bound that lets a
+# call's cost be reserved before it is made. 0: not sent (for servers that refuse max_tokens; a call's
+# cost can then pass its reservation, which the budget records as overshoot).
+KF_AGENT_MAX_OUTPUT_TOKENS = env.int("KF_AGENT_MAX_OUTPUT_TOKENS", default=4096)
 
 # Shell jobs and SSH.
 KF_SHELL_TIMEOUT_SECONDS = env.int("KF_SHELL_TIMEOUT_SECONDS", default=600)

@@ -9,7 +9,9 @@ from accounts.urls import api_urlpatterns as account_api
 from accounts.urls import auth_urlpatterns
 from agent.urls import urlpatterns as agent_api
 from api import handlers
+from budget.urls import urlpatterns as budget_api
 from projects.urls import urlpatterns as project_api
+from receipts.urls import urlpatterns as receipts_api
 from secrets_app.urls import urlpatterns as secrets_api
 from shell.urls import urlpatterns as shell_api
 from streams.urls import urlpatterns as stream_api
@@ -26,6 +28,8 @@ api_urlpatterns = [
     *secrets_api,
     *shell_api,
     *agent_api,
+    *budget_api,
+    *receipts_api,
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
 ]
@@ -41,6 +45,8 @@ urlpatterns = [
     path("", include("secrets_app.web")),
     path("", include("shell.web")),
     path("", include("agent.web")),
+    path("", include("budget.web")),
+    path("", include("receipts.web")),
     # Anything else under /api/ or /auth/ answers in the API's error shape.
     re_path(r"^(?:api|auth)(?:/.*)?$", csrf_exempt(handlers.handler404)),
 ]

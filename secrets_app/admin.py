@@ -2,27 +2,15 @@
 Nothing here shows or edits a value, a ciphertext or a wrapped key, and nothing is added or changed by
 hand (sets, deletes and rotations go through the API, which audits them)."""
 
-from typing import Any
 
 from django.contrib import admin
-from django.http import HttpRequest
 
+from accounts.admin import ReadOnlyAdmin
 from secrets_app.models import KeyState, MasterKey, Rotation, Secret
 
 
-class ReadOnly(admin.ModelAdmin):
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
 @admin.register(Secret)
-class SecretAdmin(ReadOnly):
+class SecretAdmin(ReadOnlyAdmin):
     list_display = ["name", "workspace", "version", "key_version", "created_at", "updated_at", "updated_by"]
     list_filter = ["key_version"]
     search_fields = ["name", "workspace__name", "workspace__id"]
@@ -33,7 +21,7 @@ class SecretAdmin(ReadOnly):
 
 
 @admin.register(MasterKey)
-class MasterKeyAdmin(ReadOnly):
+class MasterKeyAdmin(ReadOnlyAdmin):
     list_display = ["version", "created_at", "retired_at", "secrets"]
     fields = readonly_fields = ["version", "created_at", "retired_at"]
 
@@ -43,7 +31,7 @@ class MasterKeyAdmin(ReadOnly):
 
 
 @admin.register(Rotation)
-class RotationAdmin(ReadOnly):
+class RotationAdmin(ReadOnlyAdmin):
     list_display = ["id", "status", "from_version", "target_version", "rewrapped", "total", "started_by",
                     "started_at", "finished_at"]
     list_filter = ["status"]
@@ -53,6 +41,6 @@ class RotationAdmin(ReadOnly):
 
 
 @admin.register(KeyState)
-class KeyStateAdmin(ReadOnly):
+class KeyStateAdmin(ReadOnlyAdmin):
     list_display = ["current_version", "rotation"]
     fields = readonly_fields = ["current_version", "rotation"]

@@ -6,14 +6,14 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import URLPattern, path
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_safe
 
 from accounts.models import ROLE_RANK, Role
-from accounts.selectors import workspace_list
+from accounts.web import page_workspace
 from secrets_app import selectors, services
 from secrets_app.models import KeyState
 
@@ -24,14 +24,7 @@ NAMES_ON_PAGE = 500
 @ensure_csrf_cookie
 @login_required
 def secrets_page(request: HttpRequest) -> HttpResponse:
-    memberships = list(workspace_list(user=request.user))
-    ws_id = request.GET.get("ws_id") or None
-    if ws_id is not None:
-        membership = next((m for m in memberships if m.workspace_id == ws_id), None)
-        if membership is None:
-            raise Http404("No such workspace.")
-    else:
-        membership = next((m for m in memberships if m.workspace.personal), memberships[0] if memberships else None)
+    memberships, membership = page_workspace(request)
     context: dict[str, Any] = {"memberships": memberships, "membership": membership, "secrets": [],
                      "name_pattern": selectors.NAME_PATTERN, "name_rule": selectors.NAME_RULE,
                      "max_bytes": settings.KF_SECRET_MAX_BYTES}

@@ -492,6 +492,41 @@
       event.preventDefault();
       startRun(runForm);
     });
+    // The cost estimate, before anything starts: asked again when the task, model or step limit
+    // settles (400 ms after the last key), answered by POST /api/budget/estimate.
+    const estimateLine = $("[data-estimate]", runForm);
+    let estimateTimer = null;
+    let estimateAsked = 0;
+    const estimate = async () => {
+      const body = runBody(runForm);
+      if (!body.task.trim()) {
+        estimateLine.hidden = true;
+        return;
+      }
+      const asked = ++estimateAsked;
+      const result = await api("POST", "/api/budget/estimate", {
+        task: body.task, project_id: projectId, model: body.model,
+        max_steps: body.max_steps || Number(estimateLine.dataset.defaultSteps) || undefined,
+      });
+      if (asked !== estimateAsked) return; // an older answer
+      estimateLine.hidden = false;
+      if (!result.ok) {
+        estimateLine.textContent = `No estimate: ${result.data.error.message}`;
+        return;
+      }
+      const e = result.data;
+      const left = e.remaining_today_usd === null ? "no daily cap"
+        : `${money(e.remaining_today_usd)} left today`;
+      estimateLine.textContent = `Estimate for ${e.model}: about ${money(e.usd_expected)} `
+        + `(${money(e.usd_low)} – ${money(e.usd_high)}; ${e.input_tokens} tokens in, ${e.output_tokens} out) · `
+        + `${left} · prices: ${e.pricing_source}`;
+    };
+    for (const name of ["task", "model", "max_steps"]) {
+      runForm.elements[name].addEventListener("input", () => {
+        clearTimeout(estimateTimer);
+        estimateTimer = setTimeout(estimate, 400);
+      });
+    }
     // Ctrl+Enter (⌘+Enter) starts, as in most prompt boxes; Enter alone is a new line.
     runForm.elements.task.addEventListener("keydown", (event) => {
       if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {

@@ -2,6 +2,7 @@
 Postgres+Redis, the thread pool on SQLite), the loop talking over HTTP to the scripted model server,
 real tools on a real git repository, then cancel, rollback, follow, history."""
 
+import hashlib
 import json
 import os
 import signal
@@ -18,9 +19,13 @@ from django.conf import settings
 from accounts.models import User, Workspace
 from agent import loop, services
 from agent.models import AgentPrefs, Run
+from budget.estimate import run_estimate
+from budget.models import Reservation
+from budget.services import caps_set
 from conftest import _test_database_url, wait_for
 from projects.models import Project
 from projects.services import project_touch
+from receipts.models import Receipt
 from secrets_app.masking import MASK
 from secrets_app.services import secret_set
 from shell.runner import group_members
@@ -158,6 +163,20 @@ def test_run_reads_edits_two_files_runs_tests_then_rollback(client_for: Any, own
     tool_messages = [m for m in bodies[1]["messages"] if m["role"] == "tool"]
     assert len(tool_messages) == 1 and "return a - b" in tool_messages[0]["content"]
     assert tool_messages[0]["tool_call_id"] == bodies[1]["messages"][-2]["tool_calls"][0]["id"]
+
+    # Its receipt: the run's facts as hashes, in the workspace's signed log, verifiable.
+    receipt = json.loads(bytes(Receipt.objects.get(run_id=run_id).body))
+    assert receipt["task_sha256"] == hashlib.sha256(b"Fix the add function").hexdigest()
+    assert [c["name"] for c in receipt["tool_calls"]] == ["read_file", "edit_file", "write_file", "run_tests"]
+    assert receipt["tool_calls"][0]["result_sha256"] == hashlib.sha256(results[0]["content"].encode()).hexdigest()
+    files = {f["path"]: f for f in receipt["files"]}
+    assert set(files) == {"app.py", "NOTES.md"}
+    assert files["app.py"]["before_sha256"] == hashlib.sha256(APP.encode()).hexdigest()
+    assert files["app.py"]["after_sha256"] == hashlib.sha256((repo / "app.py").read_bytes()).hexdigest()
+    assert files["NOTES.md"]["before_sha256"] is None
+    assert receipt["status"] == "succeeded" and receipt["model"] == run.model
+    verified = client.post(f"/api/receipts/{run_id}/verify").json()
+    assert verified["ok"] is True and verified["first_bad_seq"] is None
 
     # The user's branch, index and status are untouched by the snapshots.
     assert git(repo, "rev-parse", "--abbrev-ref", "HEAD").strip() == "main"
@@ -344,6 +363,81 @@ def test_cost_cap_stops_the_run_before_unpaid_work(client_for: Any, owner: User,
     assert not (repo / "x.txt").exists() and of_type(run, "tool_result") == []
     assert of_type(run, "cost")[0]["usd"] == "2.500000"
     assert of_type(run, "end")[0]["status"] == "budget_exceeded"
+    # The call was settled in the workspace's ledger and the rest of the run's hold released.
+    reservation = Reservation.objects.get(run_id=run.pk)
+    assert reservation.status == Reservation.Status.RELEASED and reservation.reserved_micro == 0
+    assert reservation.spent_micro == 2_500_000
+    ledger = client_for(owner).get("/api/budget/ledger", {"ws_id": project.workspace_id}).json()["items"]
+    assert [(row["usd"], row["input_tokens"], row["runs"]) for row in ledger if row["usd"] != "0.000000"] == [
+        ("2.500000", 1_000_000, 1)]
+
+
+def test_a_call_that_could_pass_the_runs_cap_is_never_made(client_for: Any, owner: User, project: Project,
+                                                          agent_model: Any, task_runner: str) -> None:
+    # gpt-4o's answer alone may cost 4,096 tokens × $10/M ≈ $0.04: more than the whole $0.01 cap.
+    agent_model.reply("never asked")
+    run = finished(start(client_for(owner), {"task": "Write", "project_id": project.pk, "model": "gpt-4o",
+                                             "max_cost_usd": "0.01"}))
+    assert run.status == Run.Status.BUDGET_EXCEEDED and "could cost up to" in run.error
+    assert agent_model.requests == [] and run.usd == 0
+    assert [t for t, _ in events(run)] == ["run", "status", "end"]
+
+
+def test_the_workspace_cap_refuses_a_run_that_cannot_fit(client_for: Any, owner: User, project: Project,
+                                                         agent_model: Any) -> None:
+    caps_set(actor=owner, workspace=project.workspace, daily_usd=Decimal("0.001"))
+    client = client_for(owner)
+    response = client.post("/api/agent/run", {"task": "Fix everything", "project_id": project.pk, "model": "gpt-4o"},
+                           format="json")
+    assert response.status_code == 402 and response.json()["error"]["code"] == "budget_exceeded"
+    assert Run.objects.count() == 0 and not Reservation.objects.exists()
+    # An unpriced (self-hosted) model costs nothing, so it still runs under the cap.
+    agent_model.reply("done")
+    response = client.post("/api/agent/run", {"task": "Fix", "project_id": project.pk}, format="json")
+    assert response.status_code == 200
+    response.close()
+
+
+@pytest.mark.skipif(settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql",
+                    reason="concurrent writers need a server database; SQLite serializes them anyway")
+def test_fifty_runs_started_at_once_never_pass_the_daily_cap(owner: User, agent_model: Any) -> None:
+    import threading
+
+    from django.db import connection
+
+    workspace = personal(owner)
+    projects = []
+    for i in range(50):
+        root = Path(settings.KF_PROJECTS_ROOT) / f"cap-{uuid.uuid4().hex[:8]}-{i}"
+        root.mkdir(parents=True)
+        (root / "a.py").write_text("x = 1\n")
+        projects.append(make_project(root, workspace, owner))
+    hold = run_estimate(workspace=workspace, user=owner, task="Fix a.py", model="gpt-4o",
+                                 project=projects[0], max_steps=30,
+                                 context_tokens=loop.context_tokens(model="gpt-4o")).high.usd
+    cap = (hold * 7 + hold / 2).quantize(Decimal("0.000001"))  # room for exactly 7 runs
+    caps_set(actor=owner, workspace=workspace, daily_usd=cap)
+    barrier = threading.Barrier(50)
+    outcomes: list[str] = []
+
+    def start_one(project: Project) -> None:
+        try:
+            barrier.wait()
+            services.run_start(user=owner, project=project, task="Fix a.py", model="gpt-4o", queue=False)
+            outcomes.append("started")
+        except Exception as exc:  # noqa: BLE001 — the outcome is what the test counts
+            outcomes.append(getattr(exc, "default_code", type(exc).__name__))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=start_one, args=(p,)) for p in projects]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outcomes.count("started") == 7 and outcomes.count("budget_exceeded") == 43, outcomes
+    held = sum(r.reserved_micro for r in Reservation.objects.filter(workspace=workspace))
+    assert held <= int(cap * 1_000_000) and Run.objects.count() == 7
 
 
 def test_auto_rollback_on_failure(client_for: Any, owner: User, project: Project, repo: Path, agent_model: Any,
@@ -450,6 +544,8 @@ def test_worker_killed_mid_run_ends_failed_with_its_log_intact(owner: User, proj
     after = list(Event.objects.filter(job_id=run.job_id).order_by("seq").values_list("seq", "type", "data"))
     assert after[:-1] == before and after[-1][1] == "end" and after[-1][2]["status"] == "failed"
     assert_log_whole(run)
+    # It still gets its receipt (every ended run does), once.
+    assert json.loads(bytes(Receipt.objects.get(run_id=run.pk).body))["status"] == "failed"
     # A late redelivery of the task, or a second reaper, changes nothing.
     loop.run_execute(run_id=run.pk)
     assert loop.runs_reap(stale_seconds=0) == []

@@ -92,6 +92,15 @@ def test_run_edit_replay_and_roll_back(daphne: Daphne, agent_model: ScriptedMode
     expect(page.locator("[data-test=agent-model]")).to_have_value(agent_model.model)  # the server's default
     expect(page.locator("[data-test=run-card]")).to_be_hidden()
 
+    # The estimate shows before anything starts (POST /api/budget/estimate as the task is typed).
+    page.fill("[data-test=agent-model]", PRICED_MODEL)
+    page.fill("[data-test=agent-task]", "Fix the greeting typo")
+    estimate = page.locator("[data-test=agent-estimate]")
+    expect(estimate).to_contain_text(f"Estimate for {PRICED_MODEL}: about $")
+    expect(estimate).to_contain_text("no daily cap")
+    expect(estimate).to_contain_text("genai-prices")
+    assert Run.objects.count() == 0
+
     agent_model.fail(503, message="the model is overloaded")  # kf retries, and says so
     agent_model.reply("Let me read the file first.", usage=(1000, 200),
                       tool_calls=[{"name": "read_file", "arguments": {"path": "src/app.py"}}])
