@@ -640,7 +640,8 @@ def summary_print(report: dict[str, Any]) -> None:
                       ("events_per_step", ""), ("events_per_second", "")):
         s = loop[key]
         print(f"  {key:28s} {s['median']:>10} {unit:2s} [{s['min']} … {s['max']}]")
-    print(f"  (of the floor: building the SDK client, once per model call, {loop['model_client_build_ms']['median']} ms)")
+    print(f"  (building one SDK client, which chat() now does once per configuration: "
+          f"{loop['model_client_build_ms']['median']} ms)")
     print(f"replay of {replay['events']} events ({replay['sse_body_bytes'] / 1e6:.2f} MB of SSE), "
           f"{replay['repeats']} times:")
     print(f"  to `end`: p50 {replay['to_end_ms']['p50']} ms, max {replay['to_end_ms']['max']} ms; "
