@@ -19,6 +19,13 @@ from agent import selectors, services
 from agent.models import MAX_COST_USD_LIMIT, MAX_STEPS_LIMIT, AgentPrefs, Run
 from api.bodies import json_object
 from api.errors import InvalidRequest
+from api.fields import (
+    PrintableCharField,
+    RejectUnknown,
+    StrictBooleanField,
+    StrictCharField,
+    StrictIntegerField,
+)
 from api.pagination import paginate
 from projects.api import project_id_of
 from projects.selectors import project_get
@@ -81,35 +88,7 @@ class HistoryApi(APIView):
         return Response({"items": RunOut(rows, many=True).data, "next_cursor": next_cursor})
 
 
-class StrictBooleanField(serializers.BooleanField):
-    """JSON true/false only: "yes", 1 or "false" are more likely mistakes than intentions."""
-
-    def to_internal_value(self, data: Any) -> bool:
-        if not isinstance(data, bool):
-            self.fail("invalid", input=data)
-        return data
-
-
-class PrintableCharField(serializers.CharField):
-    def to_internal_value(self, data: Any) -> str:
-        if not isinstance(data, str):
-            raise serializers.ValidationError("Must be a string.")
-        value = super().to_internal_value(data)
-        if not value.isprintable():
-            raise serializers.ValidationError("Must contain printable characters only.")
-        return value
-
-
-class StrictIntegerField(serializers.IntegerField):
-    """Integers as JSON numbers only: DRF would otherwise take "30" or 30.0."""
-
-    def to_internal_value(self, data: Any) -> int:
-        if isinstance(data, bool) or not isinstance(data, int):
-            self.fail("invalid")
-        return super().to_internal_value(data)
-
-
-class PrefsIn(serializers.Serializer):
+class PrefsIn(RejectUnknown):
     model = PrintableCharField(max_length=200, allow_blank=True, required=False,
                                help_text='"" means the server\'s default model (KF_LLM_MODEL).')
     max_cost_usd_per_run = serializers.DecimalField(
@@ -118,14 +97,6 @@ class PrefsIn(serializers.Serializer):
     max_steps = StrictIntegerField(min_value=1, max_value=MAX_STEPS_LIMIT, required=False)
     auto_rollback_on_failure = StrictBooleanField(required=False)
 
-    def to_internal_value(self, data: Any) -> dict[str, Any]:
-        if not isinstance(data, dict):
-            raise serializers.ValidationError({"non_field_errors": ["The body must be a JSON object."]})
-        unknown = sorted(set(data) - set(self.fields))
-        if unknown:
-            # Silently ignoring a misspelt field would leave the user believing it was saved.
-            raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
-        return super().to_internal_value(data)
 
 
 class PrefsOut(serializers.Serializer):
@@ -178,9 +149,9 @@ def _stream(request: Request, run: Run) -> Any:
 class RunApi(APIView):
     renderer_classes = SSE_RENDERERS
 
-    class RunIn(serializers.Serializer):
-        task = serializers.CharField(trim_whitespace=False, help_text="What the agent should do.")
-        project_id = serializers.CharField(required=False, help_text="Defaults to the project you loaded last.")
+    class RunIn(RejectUnknown):
+        task = StrictCharField(trim_whitespace=False, help_text="What the agent should do.")
+        project_id = StrictCharField(required=False, help_text="Defaults to the project you loaded last.")
         model = PrintableCharField(max_length=200, required=False, allow_blank=True,
                                    help_text="Defaults to your prefs' model, else the server's KF_LLM_MODEL.")
         max_cost_usd = serializers.DecimalField(max_digits=12, decimal_places=6, min_value=0,
@@ -189,11 +160,6 @@ class RunApi(APIView):
         max_steps = StrictIntegerField(min_value=1, max_value=MAX_STEPS_LIMIT, required=False,
                                        help_text="Model calls at most (default: prefs).")
 
-        def to_internal_value(self, data: Any) -> dict[str, Any]:
-            unknown = sorted(set(data) - set(self.fields)) if isinstance(data, dict) else []
-            if unknown:
-                raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
-            return super().to_internal_value(data)
 
     @extend_schema(tags=["agent"], request=RunIn, responses={(200, "text/event-stream"): RUN_EVENTS},
                    description="Starts an agent run on the project (members and up) and streams its events. "

@@ -17,6 +17,7 @@ from accounts.selectors import workspace_get
 from accounts.services import client_ip
 from api.bodies import json_object
 from api.errors import InvalidRequest, NotFound
+from api.fields import RejectUnknown, StrictCharField, StrictIntegerField
 from budget import selectors, services
 from budget.estimate import DEFAULT_MAX_STEPS, Estimate, Scenario, run_estimate
 from budget.models import MAX_CAP_USD, MAX_PRICE_USD_PER_MTOK, Cap
@@ -31,24 +32,6 @@ WS_PARAM = OpenApiParameter("ws_id", str, description="The workspace; your perso
 
 def _usd(value: Decimal | None) -> str | None:
     return None if value is None else f"{value:.6f}"
-
-
-class StrictIntegerField(serializers.IntegerField):
-    """A JSON number only: "30" or 30.0 are more likely mistakes than intentions."""
-
-    def to_internal_value(self, data: Any) -> int:
-        if isinstance(data, bool) or not isinstance(data, int):
-            self.fail("invalid")
-        return super().to_internal_value(data)
-
-
-class StrictCharField(serializers.CharField):
-    """A JSON string only (DRF's CharField would turn 42 into "42")."""
-
-    def to_internal_value(self, data: Any) -> str:
-        if not isinstance(data, str):
-            self.fail("invalid")
-        return super().to_internal_value(data)
 
 
 class UsdField(serializers.DecimalField):
@@ -67,15 +50,6 @@ class UsdField(serializers.DecimalField):
     def to_internal_value(self, data: Any) -> Decimal:
         if isinstance(data, bool) or not isinstance(data, (str, int, float)):
             self.fail("invalid")
-        return super().to_internal_value(data)
-
-
-class RejectUnknown(serializers.Serializer):
-    def to_internal_value(self, data: Any) -> dict[str, Any]:
-        unknown = sorted(set(data) - set(self.fields)) if isinstance(data, dict) else []
-        if unknown:
-            # A misspelt field silently ignored would leave the user believing it was used.
-            raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
         return super().to_internal_value(data)
 
 

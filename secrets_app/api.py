@@ -13,6 +13,7 @@ from accounts.models import Role
 from accounts.selectors import workspace_get
 from accounts.services import client_ip
 from api.errors import Forbidden
+from api.fields import StrictCharField
 from api.pagination import page_limit
 from secrets_app import selectors, services
 from secrets_app.selectors import NAME_RULE
@@ -20,15 +21,6 @@ from secrets_app.selectors import NAME_RULE
 WS_PARAM = OpenApiParameter("ws_id", str, description="The workspace; your personal one when omitted.")
 NAME_PARAM = OpenApiParameter("name", str, OpenApiParameter.PATH,
                               description=f"Pattern `{selectors.NAME_PATTERN}`. {NAME_RULE}")
-
-
-class StrictString(serializers.CharField):
-    """A JSON string and nothing else (DRF's CharField would turn 42 into "42")."""
-
-    def to_internal_value(self, data: Any) -> str:
-        if not isinstance(data, str):
-            self.fail("invalid")
-        return super().to_internal_value(data)
 
 
 def _ws_id(request: Request, body: dict[str, Any] | None = None) -> str | None:
@@ -66,8 +58,8 @@ class SecretListApi(APIView):
 
 class SecretDetailApi(APIView):
     class SetInput(serializers.Serializer):
-        value = StrictString(trim_whitespace=False)
-        ws_id = StrictString(required=False, allow_null=True, max_length=40)
+        value = StrictCharField(trim_whitespace=False)
+        ws_id = StrictCharField(required=False, allow_null=True, max_length=40)
 
     @property
     def required_scope(self) -> str | None:

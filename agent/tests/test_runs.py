@@ -561,7 +561,8 @@ def test_bad_input_is_rejected_before_a_run_exists(client_for: Any, owner: User,
                         ({"task": "x", "project_id": project.pk, "max_steps": 0}, "max_steps"),
                         ({"task": "x", "project_id": project.pk, "max_steps": "3"}, "max_steps"),
                         ({"task": "x", "project_id": project.pk, "max_cost_usd": "-1"}, "max_cost_usd"),
-                        ({"task": "x", "project_id": project.pk, "colour": "red"}, "colour")]:
+                        ({"task": "x", "project_id": project.pk, "colour": "red"}, "colour"),
+                        ({"task": 42, "project_id": project.pk}, "task")]:
         response = client.post("/api/agent/run", body, format="json")
         assert response.status_code == 400, body
         assert field in response.json()["error"]["details"], response.json()
