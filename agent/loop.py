@@ -362,27 +362,28 @@ class RunLoop:
 
 
 def run_finish(*, run_id: str, status: str, error: str = "") -> bool:
-    """Ends the run and its log once (`end` last), frees what is left of its budget reservation;
-    False if it had already ended."""
+    """Ends the run and its log once (`end` last), frees what is left of its budget reservation,
+    appends its receipt, and only then marks the run row ended (what the API and the pages read), so a
+    run seen as ended has nothing left to write. False if it had already ended."""
     run_release(run_id=run_id)
-    run = Run.objects.get(pk=run_id)
+    run = Run.objects.select_related("project").get(pk=run_id)
     ended = job_finish(job_id=run.job_id, status=status, result={
         **({"error": error} if error else {}), "steps": run.steps, "usd": str(run.usd),
         "files_changed": run.files_changed, "input_tokens": run.input_tokens, "output_tokens": run.output_tokens})
     if ended:
-        Run.objects.filter(pk=run_id).update(status=status, error=error, ended_at=timezone.now())
-        _receipt_append(run_id)
+        run_close(run, status=status, error=error)
     return ended
 
 
-def _receipt_append(run_id: str) -> None:
-    """The ended run's receipt, appended to its workspace's signed log. A failure here is logged, not
-    raised: the run has ended either way, and verify shows a run without a receipt as such."""
-    run = Run.objects.select_related("project").get(pk=run_id)
+def run_close(run: Run, *, status: str, error: str) -> None:
+    """The ended run's receipt, then its row. A receipt that cannot be appended is logged, not raised:
+    the run has ended either way, and the receipts log simply has no entry for it."""
+    run.status, run.error, run.ended_at = status, error, timezone.now()
     try:
         receipt_append(facts=selectors.run_receipt_facts(run=run))
     except (ApiError, DatabaseError):
-        logger.exception("agent run %s: its receipt could not be appended", run_id)
+        logger.exception("agent run %s: its receipt could not be appended", run.pk)
+    Run.objects.filter(pk=run.pk).update(status=status, error=error, ended_at=run.ended_at)
 
 
 def run_execute(*, run_id: str) -> None:
@@ -411,8 +412,13 @@ def runs_reap(*, stale_seconds: float | None = None) -> list[str]:
         if run_finish(run_id=run.pk, status=Run.Status.FAILED,
                       error="The worker running this run stopped (killed or crashed); the run was ended."):
             reaped.append(run.pk)
+    # A worker that died between ending a run's log and closing its row (receipt, status).
+    for run in Run.objects.filter(status__in=[Run.Status.QUEUED, Run.Status.RUNNING], job__status__in=Job.FINAL,
+                                  job__ended_at__lt=cutoff).select_related("project", "job"):
+        run_release(run_id=run.pk)
+        run_close(run, status=run.job.status, error=str((run.job.result or {}).get("error", "")))
+        reaped.append(run.pk)
     return reaped
-
 
 
 def context_tokens(*, model: str) -> int:

@@ -7,12 +7,11 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.utils import timezone
 
 from accounts.models import User
 from accounts.services import audit_record
 from agent import selectors
-from agent.loop import context_tokens
+from agent.loop import context_tokens, run_close
 from agent.models import AGENT_JOB_KIND, AgentPrefs, Run
 from agent.snapshots import (
     SnapshotError,
@@ -25,7 +24,7 @@ from agent.tasks import agent_run_task
 from api.errors import Conflict, InvalidRequest, PayloadTooLarge
 from api.tasking import enqueue
 from budget.estimate import run_estimate
-from budget.services import run_reserve
+from budget.services import run_release, run_reserve
 from llm.client import llm_config
 from projects.models import Project
 from streams.services import event_append, job_cancel, job_create
@@ -112,9 +111,12 @@ def run_cancel(*, run: Run) -> Run:
     if run.finished:
         raise Conflict(f"This run already ended ({run.status}).", details={"status": run.status})
     job_cancel(job=run.job)
-    # Queued: job_cancel ended the job; the run follows (the loop will never start it).
-    Run.objects.filter(pk=run.pk, status=Run.Status.QUEUED).update(status=Run.Status.CANCELLED,
-                                                                   ended_at=timezone.now())
+    run.job.refresh_from_db()
+    if run.job.finished and run.status == Run.Status.QUEUED:
+        # job_cancel ended it while still queued (the loop will never start it): the run's budget hold
+        # is freed, its receipt appended and its row closed here, as the loop would have.
+        run_release(run_id=run.pk)
+        run_close(run, status=Run.Status.CANCELLED, error="Cancelled before it started.")
     run.refresh_from_db()
     return run
 

@@ -30,6 +30,7 @@ from secrets_app.masking import MASK
 from secrets_app.services import secret_set
 from shell.runner import group_members
 from streams.models import Event, Job
+from streams.services import job_finish
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -551,6 +552,20 @@ def test_worker_killed_mid_run_ends_failed_with_its_log_intact(owner: User, proj
     assert list(Event.objects.filter(job_id=run.job_id).order_by("seq").values_list("seq", "type", "data")) == after
 
 
+def test_a_run_whose_log_ended_but_whose_row_did_not_is_closed_by_the_reaper(owner: User, project: Project,
+                                                                              agent_model: Any) -> None:
+    # A worker dying between appending `end` and closing the row (receipt, status) leaves this state.
+    run = services.run_start(user=owner, project=project, task="Talk", queue=False)
+    job_finish(job_id=run.job_id, status="failed", result={"error": "boom"})
+    assert Run.objects.get(pk=run.pk).status == Run.Status.QUEUED
+    assert loop.runs_reap(stale_seconds=0) == [run.pk]
+    run.refresh_from_db()
+    assert (run.status, run.error) == (Run.Status.FAILED, "boom") and run.ended_at is not None
+    assert Receipt.objects.filter(run_id=run.pk).count() == 1
+    assert Reservation.objects.get(run_id=run.pk).status == Reservation.Status.RELEASED
+    assert loop.runs_reap(stale_seconds=0) == []
+
+
 # --- validation, roles, serialization --------------------------------------------------------------
 
 def test_bad_input_is_rejected_before_a_run_exists(client_for: Any, owner: User, project: Project,
@@ -640,3 +655,5 @@ def test_cancel_while_queued_ends_at_once(owner: User, project: Project, agent_m
     loop.run_execute(run_id=run.pk)  # a worker picking it up later does nothing
     assert agent_model.requests == []
     assert [t for t, _ in events(run)] == ["run", "end"]
+    assert Reservation.objects.get(run_id=run.pk).status == Reservation.Status.RELEASED
+    assert json.loads(bytes(Receipt.objects.get(run_id=run.pk).body))["status"] == "cancelled"
