@@ -17,7 +17,7 @@ from accounts.models import User
 from accounts.tests import test_browser as account_browser
 from accounts.tests.test_browser import sign_in
 from agent.models import Run
-from conftest import Daphne, make_user
+from conftest import Daphne, make_user, wait_for
 from llm.tests.scripted_server import ScriptedModelServer
 from projects.models import Project
 from projects.tests.test_browser import new_page
@@ -116,7 +116,9 @@ def test_run_edit_replay_and_roll_back(daphne: Daphne, agent_model: ScriptedMode
     expect(page.locator("[data-test=run-model]")).to_have_text(PRICED_MODEL)
     expect_transcript_of_the_edit(page)
     assert app.read_text() == FIXED
-    run = Run.objects.get(pk=run_id)
+    # The page shows `end` as soon as it is in the log; the run's row is closed a moment later (after its
+    # receipt is appended).
+    run = wait_for(lambda: Run.objects.filter(pk=run_id, status__in=Run.FINAL).first())
     assert run.project_id == project.pk and run.model == PRICED_MODEL and run.status == "succeeded"
     assert run.usd > 0
     expect(page.locator("[data-test=run-cost]")).to_have_text(f"${run.usd}")
@@ -198,7 +200,7 @@ def test_slow_run_followed_across_a_reload_and_cancelled(daphne: Daphne, agent_m
     # Its row in "Recent runs" (rendered while it ran) follows the card.
     row = page.locator("[data-test=run-row]", has=page.locator(f"a[href='/agent/runs/{run_id}']"))
     expect(row.locator("[data-test=run-row-status]")).to_have_text("cancelled")
-    assert Run.objects.get(pk=run_id).status == "cancelled"
+    assert wait_for(lambda: Run.objects.filter(pk=run_id, status__in=Run.FINAL).first()).status == "cancelled"
     assert len(text.inner_text()) < len(words)  # it stopped mid-stream
     expect(page.locator("[data-test=run-rollback]")).to_be_hidden()  # it wrote nothing: nothing to roll back
     page.screenshot(path="/tmp/kf-agent-cancel.png", full_page=True)
